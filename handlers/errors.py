@@ -1,10 +1,10 @@
 """The failure tree every handler raises from; the task layer maps it to the retry policy.
 
-    HandlerError                 base: a job could not do its work
-    ├── TransientError           may succeed later: network errors, timeouts, 429, 5xx, SMTP 4xx
-    │                            (retried with backoff; ``retry_after`` overrides the next delay)
-    └── PermanentError           will fail the same way again: 400/401/404, SMTP 5xx, bad input
-                                 (the job fails at once, no retry)
+HandlerError                 base: a job could not do its work
+├── TransientError           may succeed later: network errors, timeouts, 429, 5xx, SMTP 4xx
+│                            (retried with backoff; ``retry_after`` overrides the next delay)
+└── PermanentError           will fail the same way again: 400/401/404, SMTP 5xx, bad input
+                             (the job fails at once, no retry)
 """
 
 from __future__ import annotations

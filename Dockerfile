@@ -1,0 +1,12 @@
+FROM python:3.11-slim
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY gateway ./gateway
+COPY handlers ./handlers
+COPY tasks ./tasks
+RUN pip install --no-cache-dir . && useradd --create-home gateway && mkdir -p /data && chown gateway /data
+USER gateway
+ENV DATA_DIR=/data
+EXPOSE 8000
+CMD ["gateway", "api", "--host", "0.0.0.0", "--port", "8000"]

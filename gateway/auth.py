@@ -1,0 +1,32 @@
+"""API keys for internal endpoints: only SHA-256 hashes are kept, compared in constant time."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+from gateway.errors import ApiError
+
+_CHALLENGE = {"WWW-Authenticate": "Bearer"}
+
+
+def authenticate(authorization: str | None, key_hashes: tuple[str, ...]) -> str:
+    """The caller's owner id (a prefix of its key's hash) for a valid Bearer header; else 401."""
+    if not authorization:
+        raise ApiError(
+            401, "missing_api_key", "send Authorization: Bearer <api key>", headers=_CHALLENGE
+        )
+    scheme, _, key = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not key.strip():
+        raise ApiError(
+            401, "malformed_api_key", "use Authorization: Bearer <api key>", headers=_CHALLENGE
+        )
+    presented = hashlib.sha256(key.strip().encode()).hexdigest()
+    match = ""
+    # compare against every key, so the time taken says nothing about which one matched
+    for known in key_hashes:
+        if hmac.compare_digest(presented, known):
+            match = known
+    if not match:
+        raise ApiError(401, "invalid_api_key", "the API key is not valid", headers=_CHALLENGE)
+    return match[:16]

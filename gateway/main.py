@@ -1,0 +1,37 @@
+"""The app, composed: settings, Redis in the lifespan, routers, error handlers."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from gateway import errors
+from gateway.redis_client import open_redis
+from gateway.routes import example, health, jobs
+from gateway.settings import Settings, get_settings
+from tasks.keys import Keys
+from tasks.store import JobStore
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the gateway for ``settings`` (read from the environment when omitted)."""
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.redis = open_redis(settings)
+        app.state.jobs = JobStore(app.state.redis, app.state.keys, settings.job_ttl_seconds)
+        yield
+        await app.state.redis.aclose()
+
+    app = FastAPI(title="Webhook & job gateway", version="0.1.0", lifespan=lifespan)
+    app.state.settings = settings
+    app.state.keys = Keys(settings.redis_key_prefix)
+    app.state.api_key_hashes = settings.api_key_hashes()
+    errors.install(app)
+    app.include_router(example.router)
+    app.include_router(health.router)
+    app.include_router(jobs.router)
+    return app

@@ -1,0 +1,149 @@
+"""The job API: submit a job of a kind, read its status."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import uuid
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Request, Response
+from pydantic import BaseModel, ValidationError
+
+from gateway.body import parse_object, read_limited, require_json
+from gateway.deps import JobsDep, OwnerDep, SettingsDep
+from gateway.errors import ApiError, responses, validation_errors
+from tasks.kinds import KINDS
+from tasks.protocol import task_message
+from tasks.queues import queue_for
+from tasks.runtime import default_policy
+from tasks.store import Idempotency, NewJob
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+# Fields of the request body that are about the job, not the kind's input.
+ENVELOPE = ("callback_url", "run_at", "delay_seconds")
+
+
+class JobAccepted(BaseModel):
+    """The 202 answer: where to look for the job."""
+
+    id: str
+    status: str
+    status_url: str
+
+
+class JobView(BaseModel):
+    """A job as a caller sees it."""
+
+    id: str
+    kind: str
+    status: str
+    attempts: int
+    created_at: str | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+    result: Any = None
+    error: dict[str, Any] | None = None
+    progress: int = 0
+
+
+@router.post(
+    "/{kind}",
+    status_code=202,
+    response_model=JobAccepted,
+    responses=responses(400, 401, 404, 409, 413, 415, 422, 503),
+)
+async def submit_job(
+    kind: str,
+    request: Request,
+    response: Response,
+    owner: OwnerDep,
+    jobs: JobsDep,
+    settings: SettingsDep,
+    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+) -> JobAccepted:
+    """Validate, record and enqueue a job; 202 once it is in Redis."""
+    spec = KINDS.get(kind)
+    if spec is None:
+        raise ApiError(404, "unknown_kind", f"no job kind {kind!r}; known: {', '.join(KINDS)}")
+    require_json(request)
+    raw = await read_limited(request, settings.max_job_body_bytes)
+    body = parse_object(raw)
+    envelope = {name: body.pop(name) for name in ENVELOPE if name in body}
+    try:
+        spec.input.model_validate(body)
+    except ValidationError as exc:
+        errors = validation_errors(list(exc.errors()))
+        first = errors[0]
+        where = ".".join(str(part) for part in first["loc"]) or "body"
+        raise _unprocessable(f"{where}: {first['msg']}", errors) from exc
+    due = _due(envelope)
+    job_id = str(uuid.uuid4())
+    queue = queue_for(spec.task)
+    policy = spec.retry or default_policy()
+    job = NewJob(
+        id=job_id,
+        kind=kind,
+        owner=owner,
+        payload=body,
+        max_attempts=policy.max_attempts,
+        callback_url=envelope.get("callback_url"),
+        due=due,
+    )
+    idem = None
+    if idempotency_key:
+        idem = Idempotency(
+            idempotency_key, hashlib.sha256(raw).hexdigest(), settings.idempotency_ttl_seconds
+        )
+    existing = await jobs.create(job, task_message(spec.task, job_id, queue, [job_id]), queue, idem)
+    if existing is not None:
+        job_id, body_hash = existing
+        if idem is not None and body_hash != idem.body_sha256:
+            raise ApiError(
+                409,
+                "idempotency_key_reused",
+                "this Idempotency-Key was used with a different body",
+            )
+        response.headers["Idempotent-Replayed"] = "true"
+        current = await jobs.get(job_id)
+        status = current["status"] if current else "queued"
+        return JobAccepted(id=job_id, status=status, status_url=f"/v1/jobs/{job_id}")
+    status = "scheduled" if due else "queued"
+    return JobAccepted(id=job_id, status=status, status_url=f"/v1/jobs/{job_id}")
+
+
+@router.get("/{job_id}", response_model=JobView, responses=responses(401, 404, 503))
+async def get_job(job_id: str, owner: OwnerDep, jobs: JobsDep) -> JobView:
+    """A job's status, attempts, timestamps, progress, and result or error."""
+    record = await jobs.get(job_id)
+    # another caller's job is as absent as a job that never existed
+    if record is None or record.get("owner") != owner:
+        raise ApiError(404, "job_not_found", f"no job {job_id}")
+    return JobView.model_validate(record)
+
+
+def _due(envelope: dict[str, Any]) -> float:
+    """Epoch seconds the job is due at (0 = now), from run_at or delay_seconds."""
+    if "run_at" in envelope and "delay_seconds" in envelope:
+        raise _unprocessable("give run_at or delay_seconds, not both", None)
+    if "delay_seconds" in envelope:
+        delay = envelope["delay_seconds"]
+        if not isinstance(delay, int | float) or isinstance(delay, bool) or delay < 0:
+            raise _unprocessable("delay_seconds: must be a number >= 0", None)
+        return time.time() + float(delay) if delay else 0.0
+    if "run_at" in envelope:
+        try:
+            moment = datetime.fromisoformat(str(envelope["run_at"]).replace("Z", "+00:00"))
+        except ValueError as exc:
+            raise _unprocessable("run_at: must be an ISO 8601 timestamp", None) from exc
+        if moment.tzinfo is None:
+            raise _unprocessable("run_at: must carry a time zone (e.g. Z)", None)
+        due = moment.timestamp()
+        return due if due > time.time() else 0.0
+    return 0.0
+
+
+def _unprocessable(detail: str, errors: list[dict[str, Any]] | None) -> ApiError:
+    return ApiError(422, "validation_error", detail, errors=errors)

@@ -1,0 +1,113 @@
+"""The one settings class. Built once per process; every field is also in .env.example."""
+
+from __future__ import annotations
+
+import hashlib
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+# Values shipped in .env.example and docker-compose.yml: fine for a laptop, refused in production.
+PLACEHOLDER_MARKERS = ("change-me", "changeme", "placeholder", "dev-only")
+
+
+def _split(value: object) -> object:
+    """Comma-separated env values become lists (pydantic-settings would expect JSON)."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+def hash_api_key(key: str) -> str:
+    """The form an API key is kept in: its SHA-256, hex."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+class Settings(BaseSettings):
+    """Everything the gateway, the workers and beat read from the environment."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+
+    environment: Literal["dev", "production"] = "dev"
+
+    # Redis: unset means "start an embedded one" for `gateway dev` and the tests.
+    redis_url: str | None = None
+    redis_key_prefix: str = "gw:"
+    # Redis answers in microseconds; a second without an answer means it is gone: 503, not a hang.
+    redis_timeout_seconds: float = 1.0
+
+    # API keys for /v1/*: plain keys or "sha256:<hex>" of a key. Only the hashes are kept.
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+
+    # Jobs
+    job_ttl_seconds: int = 7 * 24 * 3600
+    idempotency_ttl_seconds: int = 24 * 3600
+    max_job_body_bytes: int = 1024 * 1024
+
+    # Celery
+    # The Redis transport re-delivers an unacked message after visibility_timeout. It must exceed
+    # the longest task run (files: time limit below) or a running task is started twice. Retry
+    # delays do not ride on countdown/ETA (those would be re-delivered too): they wait in our
+    # own schedule.
+    visibility_timeout_seconds: int = 2 * 3600
+    result_expires_seconds: int = 24 * 3600
+    files_task_time_limit_seconds: int = 3600
+    default_task_time_limit_seconds: int = 300
+
+    # Retries (one policy for every kind; per-kind overrides arrive with the Delivery issue)
+    max_attempts: int = 5
+    retry_base_seconds: float = 2.0
+    retry_max_seconds: float = 3600.0
+    retry_jitter: float = 0.2
+    scheduler_interval_seconds: float = 0.2
+
+    # Storage for uploaded and produced files
+    data_dir: Path = Path("var")
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        return _split(value)
+
+    @model_validator(mode="after")
+    def _refuse_placeholders_outside_dev(self) -> Settings:
+        if self.environment == "dev":
+            return self
+        for name, value in self.secret_values():
+            if any(marker in value.lower() for marker in PLACEHOLDER_MARKERS):
+                raise ValueError(f"{name} holds a placeholder value; set a real secret")
+        if not self.api_keys:
+            raise ValueError("API_KEYS is empty; internal endpoints would be unusable")
+        return self
+
+    def secret_values(self) -> list[tuple[str, str]]:
+        """(setting name, revealed value) of every secret setting, for the placeholder check."""
+        pairs: list[tuple[str, str]] = []
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            items = value if isinstance(value, list) else [value]
+            pairs.extend(
+                (name.upper(), item.get_secret_value())
+                for item in items
+                if isinstance(item, SecretStr)
+            )
+        return pairs
+
+    def api_key_hashes(self) -> tuple[str, ...]:
+        """SHA-256 hex of every accepted API key."""
+        hashes = []
+        for key in self.api_keys:
+            raw = key.get_secret_value()
+            hashes.append(
+                raw.removeprefix("sha256:") if raw.startswith("sha256:") else hash_api_key(raw)
+            )
+        return tuple(hashes)
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process's settings, read from the environment once."""
+    return Settings()

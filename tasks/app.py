@@ -1,0 +1,52 @@
+"""The Celery app: JSON only, acks after the work, nothing lost when a worker dies."""
+
+from __future__ import annotations
+
+from celery import Celery
+from kombu.entity import Queue
+
+from gateway.settings import get_settings
+from tasks.queues import DEFAULT, QUEUES, ROUTES
+
+FALLBACK_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+def create_celery() -> Celery:
+    """Build the app from settings."""
+    settings = get_settings()
+    url = settings.redis_url or FALLBACK_REDIS_URL
+    app = Celery("gateway", broker=url, backend=url, include=["tasks.example", "tasks.jobs"])
+    app.conf.update(
+        # Never pickle: whoever can write to Redis could run code in every worker.
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        result_accept_content=["json"],
+        # Ack after the work, and put the message back if the worker process dies mid-task.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        # One message reserved per pool slot: long tasks don't hold others hostage.
+        worker_prefetch_multiplier=1,
+        # Only the example's `add` keeps a Celery result; jobs keep theirs in the job record.
+        task_ignore_result=True,
+        result_expires=settings.result_expires_seconds,
+        broker_transport_options={
+            # Must exceed the longest task (files' time limit) or a running task is delivered
+            # twice; retry delays never ride on ETA/countdown, so it need not cover them
+            # (tasks/schedule.py).
+            "visibility_timeout": settings.visibility_timeout_seconds,
+        },
+        broker_connection_retry_on_startup=True,
+        task_default_queue=DEFAULT,
+        task_queues=[Queue(name) for name in QUEUES],
+        task_routes=dict(ROUTES),
+        task_time_limit=settings.default_task_time_limit_seconds,
+        worker_send_task_events=False,
+        task_send_sent_event=False,
+        timezone="UTC",
+        enable_utc=True,
+    )
+    return app
+
+
+app = create_celery()

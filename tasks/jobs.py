@@ -1,0 +1,39 @@
+"""Thin Celery tasks: one per job kind, each only handing the job id to the runtime."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import signals
+
+from gateway.settings import get_settings
+from tasks.app import app
+from tasks.kinds import KINDS
+from tasks.runtime import keys, run_job, worker_redis
+from tasks.schedule import Mover
+
+
+def _register(task_name: str) -> None:
+    @app.task(name=task_name)
+    def run(job_id: str) -> str | None:
+        return run_job(job_id)
+
+
+for _kind in KINDS.values():
+    _register(_kind.task)
+
+_mover: Mover | None = None
+
+
+@signals.worker_ready.connect
+def _start_mover(**_: Any) -> None:
+    """Every worker drains the schedule, so retries run as long as any worker does."""
+    global _mover
+    _mover = Mover(worker_redis(), keys().schedule, get_settings().scheduler_interval_seconds)
+    _mover.start()
+
+
+@signals.worker_shutdown.connect
+def _stop_mover(**_: Any) -> None:
+    if _mover is not None:
+        _mover.stop()

@@ -1,0 +1,38 @@
+"""Every Redis key the gateway writes, under one prefix, each with its time to live beside it.
+
+Celery's own keys (queue lists named after the queues, `unacked*`, `celery-task-meta-*`) are kombu's
+and Celery's, not ours, and are not prefixed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Key names for one deployment (one prefix)."""
+
+    prefix: str = "gw:"
+
+    def job(self, job_id: str) -> str:
+        """Hash: one job's record. TTL: settings.job_ttl_seconds, renewed on every update."""
+        return f"{self.prefix}job:{job_id}"
+
+    def idempotency(self, owner: str, key: str) -> str:
+        """String: '<job id> <body sha256>' of an Idempotency-Key. TTL: idempotency_ttl_seconds."""
+        return f"{self.prefix}idem:{owner}:{key}"
+
+    @property
+    def schedule(self) -> str:
+        """Sorted set: '<queue>\\n<message>' by due time (epoch s). No TTL: workers drain it."""
+        return f"{self.prefix}schedule"
+
+    def deliveries(self, job_id: str) -> str:
+        """List: delivery attempts of a job's callback, JSON each. TTL: job_ttl_seconds."""
+        return f"{self.prefix}deliveries:{job_id}"
+
+    @property
+    def dead_letters(self) -> str:
+        """Sorted set: dead-letter ids by time of death. No TTL: kept until replayed or purged."""
+        return f"{self.prefix}dead"

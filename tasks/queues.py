@@ -1,0 +1,43 @@
+"""The queues, one per type of work, and the one place that routes task names to them."""
+
+from __future__ import annotations
+
+from typing import Final
+
+DEFAULT: Final = "default"
+WEBHOOKS: Final = "webhooks"
+EMAIL: Final = "email"
+LLM: Final = "llm"
+FILES: Final = "files"
+CALLBACKS: Final = "callbacks"
+
+QUEUES: Final = (DEFAULT, WEBHOOKS, EMAIL, LLM, FILES, CALLBACKS)
+
+# task name -> queue. Celery reads this as task_routes; the gateway's publisher reads it too.
+ROUTES: Final[dict[str, str]] = {
+    "tasks.add": DEFAULT,
+    "jobs.echo": DEFAULT,
+    "jobs.email": EMAIL,
+    "jobs.llm": LLM,
+    "jobs.file": FILES,
+    "webhooks.process": WEBHOOKS,
+    "callbacks.deliver": CALLBACKS,
+}
+
+
+def queue_for(task: str) -> str:
+    """The queue a task's messages go to."""
+    return ROUTES.get(task, DEFAULT)
+
+
+# How each queue's workers run by default: (pool, concurrency). Network-bound queues use threads
+# that hand coroutines to one event loop per process (tasks/loop.py), so one process holds many
+# calls in flight; `files` is CPU- and disk-bound: prefork, one process per core, prefetch 1.
+WORKER_PROFILES: Final[dict[str, tuple[str, int]]] = {
+    DEFAULT: ("threads", 16),
+    WEBHOOKS: ("threads", 64),
+    EMAIL: ("threads", 200),
+    LLM: ("threads", 1000),
+    FILES: ("prefork", 0),  # 0: one process per CPU core
+    CALLBACKS: ("threads", 500),
+}

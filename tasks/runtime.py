@@ -1,0 +1,148 @@
+"""Running one job on a worker: claim it, call its handler, and move it along the status machine.
+
+queued/retrying ──> running ──> succeeded
+                      ├──> retrying  (TransientError, attempts left: waits in the schedule)
+                      ├──> failed    (PermanentError, invalid payload, or a bug: not retried)
+                      └──> dead      (TransientError, no attempts left)
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+from functools import lru_cache
+from typing import Any
+
+import redis
+from pydantic import BaseModel, ValidationError
+
+from gateway.settings import get_settings
+from handlers.errors import PermanentError, TransientError
+from tasks import loop
+from tasks.context import JobContext
+from tasks.keys import Keys
+from tasks.kinds import KINDS, Kind
+from tasks.protocol import task_message
+from tasks.queues import queue_for
+from tasks.retry import RetryPolicy
+from tasks.store import decode, encode, now_iso
+
+log = logging.getLogger(__name__)
+
+_START = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return false end
+if status == 'succeeded' or status == 'failed' or status == 'dead' then return false end
+redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[1], 'error', '')
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return redis.call('HGETALL', KEYS[1])
+"""
+
+
+@lru_cache
+def worker_redis() -> redis.Redis:
+    """This process's Redis client (redis-py pools re-connect after a fork)."""
+    settings = get_settings()
+    return redis.Redis.from_url(
+        settings.redis_url or "redis://127.0.0.1:6379/0",
+        socket_timeout=10,
+        socket_connect_timeout=5,
+        health_check_interval=30,
+    )
+
+
+@lru_cache
+def keys() -> Keys:
+    """Key names under the configured prefix."""
+    return Keys(get_settings().redis_key_prefix)
+
+
+def default_policy() -> RetryPolicy:
+    """The retry policy of kinds that don't name their own."""
+    s = get_settings()
+    return RetryPolicy(s.max_attempts, s.retry_base_seconds, s.retry_max_seconds, s.retry_jitter)
+
+
+def run_job(job_id: str) -> str | None:
+    """Run job ``job_id`` once; returns the status it ended in (None if it was not runnable)."""
+    r = worker_redis()
+    raw = r.eval(_START, 1, keys().job(job_id), now_iso(), get_settings().job_ttl_seconds)
+    if not raw:
+        log.info("job %s is unknown or already final; message dropped", job_id)
+        return None
+    job = decode(dict(zip(raw[::2], raw[1::2], strict=True)))
+    kind = KINDS.get(job["kind"])
+    if kind is None:
+        return _finish(job, "failed", error=_error("unknown_kind", f"no kind {job['kind']!r}"))
+    attempt = int(job["attempts"])
+    ctx = JobContext(job_id, attempt, lambda pct: _progress(job_id, pct))
+    try:
+        result = _call(kind, job["payload"], ctx)
+    except TransientError as exc:
+        error = _error(exc.code, exc.detail)
+        if attempt >= int(job["max_attempts"]):
+            return _finish(job, "dead", error=error)
+        delay = (kind.retry or default_policy()).delay(attempt, exc.retry_after)
+        return _retry(job, kind, delay, error)
+    except PermanentError as exc:
+        return _finish(job, "failed", error=_error(exc.code, exc.detail))
+    except ValidationError as exc:
+        return _finish(job, "failed", error=_error("invalid_payload", str(exc)))
+    except Exception as exc:  # a bug in a handler: retrying it would fail the same way
+        log.exception("job %s (%s) raised", job_id, job["kind"])
+        return _finish(job, "failed", error=_error("internal_error", type(exc).__name__))
+    return _finish(job, "succeeded", result=result)
+
+
+def _call(kind: Kind, payload: Any, ctx: JobContext) -> Any:
+    out = kind.run(kind.input.model_validate(payload), ctx)
+    if inspect.iscoroutine(out):
+        out = loop.run(out)
+    return out.model_dump(mode="json") if isinstance(out, BaseModel) else out
+
+
+def _error(code: str, detail: str) -> dict[str, str]:
+    return {"code": code, "detail": detail[:2000]}
+
+
+def _progress(job_id: str, pct: int) -> None:
+    worker_redis().hset(keys().job(job_id), "progress", max(0, min(100, int(pct))))
+
+
+def _retry(job: dict[str, Any], kind: Kind, delay: float, error: dict[str, str]) -> str:
+    due = time.time() + delay
+    queue = queue_for(kind.task)
+    message = task_message(kind.task, job["id"], queue, [job["id"]], retries=job["attempts"])
+    with worker_redis().pipeline(transaction=True) as pipe:
+        pipe.hset(keys().job(job["id"]), mapping=encode({"status": "retrying", "error": error}))
+        pipe.zadd(keys().schedule, {f"{queue}\n{message}": due})
+        pipe.execute()
+    log.info(
+        "job %s attempt %s failed (%s); retry in %.1fs",
+        job["id"],
+        job["attempts"],
+        error["code"],
+        delay,
+    )
+    return "retrying"
+
+
+def _finish(
+    job: dict[str, Any], status: str, *, result: Any = None, error: dict[str, str] | None = None
+) -> str:
+    fields = {"status": status, "finished_at": now_iso(), "result": result, "error": error}
+    if status == "succeeded":
+        fields["progress"] = 100
+    key = keys().job(job["id"])
+    with worker_redis().pipeline(transaction=True) as pipe:
+        pipe.hset(key, mapping=encode(fields))
+        if status == "succeeded":
+            pipe.expire(key, get_settings().job_ttl_seconds)
+        else:
+            # dead letters keep their job record until replayed or purged
+            pipe.persist(key)
+            pipe.zadd(keys().dead_letters, {f"job:{job['id']}": time.time()})
+        pipe.execute()
+    return status

@@ -1,0 +1,147 @@
+"""Job records in Redis, and the atomic create-and-enqueue the gateway answers 202 after.
+
+A job is one Redis hash (see keys.Keys.job). Creating it, claiming its Idempotency-Key and putting
+its message on the queue (or in the schedule) happen in one Lua script: one round trip, and either
+all of it is in Redis or none of it is.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from redis.asyncio import Redis
+
+from tasks.keys import Keys
+
+Status = Literal["scheduled", "queued", "running", "retrying", "succeeded", "failed", "dead"]
+FINAL_STATUSES = frozenset({"succeeded", "failed", "dead"})
+JSON_FIELDS = ("payload", "result", "error")
+
+_CREATE = """
+-- KEYS: job hash, queue list, schedule zset, idempotency key
+-- ARGV: job ttl, message, due (0 = now), use idempotency (0/1), idempotency value, idem ttl,
+--       then the job's field/value pairs
+if ARGV[4] == '1' then
+  local existing = redis.call('GET', KEYS[4])
+  if existing then return existing end
+  redis.call('SET', KEYS[4], ARGV[5], 'EX', ARGV[6])
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 7))
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+if tonumber(ARGV[3]) > 0 then
+  redis.call('ZADD', KEYS[3], ARGV[3], ARGV[2])
+else
+  redis.call('LPUSH', KEYS[2], ARGV[2])
+end
+return false
+"""
+
+
+def now_iso() -> str:
+    """The current UTC time as ISO 8601, the form every timestamp is stored in."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def encode(fields: dict[str, Any]) -> dict[Any, str]:
+    """Job fields as hash values: JSON for structured fields, '' for None."""
+    out: dict[Any, str] = {}
+    for name, value in fields.items():
+        if name in JSON_FIELDS:
+            out[name] = json.dumps(value, separators=(",", ":"), default=str)
+        else:
+            out[name] = "" if value is None else str(value)
+    return out
+
+
+def decode(raw: Mapping[Any, Any]) -> dict[str, Any]:
+    """A job hash back into typed fields."""
+    record: dict[str, Any] = {}
+    for key, value in raw.items():
+        name = key.decode() if isinstance(key, bytes) else key
+        text = value.decode() if isinstance(value, bytes) else value
+        if name in JSON_FIELDS:
+            record[name] = json.loads(text) if text else None
+        elif name in ("attempts", "max_attempts", "progress"):
+            record[name] = int(text) if text else 0
+        else:
+            record[name] = text or None
+    return record
+
+
+@dataclass(frozen=True)
+class NewJob:
+    """Everything needed to record and enqueue one job."""
+
+    id: str
+    kind: str
+    owner: str
+    payload: dict[str, Any]
+    max_attempts: int
+    callback_url: str | None = None
+    due: float = 0.0  # epoch seconds; 0 = run now
+
+
+@dataclass(frozen=True)
+class Idempotency:
+    """An Idempotency-Key claim: the key and the hash of the body it was first sent with."""
+
+    key: str
+    body_sha256: str
+    ttl: int
+
+
+class JobStore:
+    """The gateway's side of job records: create-and-enqueue, and read."""
+
+    def __init__(self, redis: Redis, keys: Keys, job_ttl: int) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.job_ttl = job_ttl
+        self._create = redis.register_script(_CREATE)
+
+    async def create(
+        self, job: NewJob, message: str, queue: str, idem: Idempotency | None = None
+    ) -> tuple[str, str] | None:
+        """Record and enqueue ``job``; for a seen Idempotency-Key, return (job id, body hash)."""
+        fields = encode(
+            {
+                "id": job.id,
+                "kind": job.kind,
+                "owner": job.owner,
+                "status": "scheduled" if job.due else "queued",
+                "attempts": 0,
+                "max_attempts": job.max_attempts,
+                "created_at": now_iso(),
+                "payload": job.payload,
+                "callback_url": job.callback_url,
+                "progress": 0,
+            }
+        )
+        flat = [item for pair in fields.items() for item in pair]
+        idem_key = self.keys.idempotency(job.owner, idem.key) if idem else self.keys.job(job.id)
+        existing = await self._create(
+            keys=[self.keys.job(job.id), queue, self.keys.schedule, idem_key],
+            args=[
+                self.job_ttl,
+                f"{queue}\n{message}" if job.due else message,
+                job.due,
+                1 if idem else 0,
+                f"{job.id} {idem.body_sha256}" if idem else "",
+                idem.ttl if idem else 0,
+                *flat,
+            ],
+        )
+        if existing is None:
+            return None
+        text = existing.decode() if isinstance(existing, bytes) else str(existing)
+        job_id, _, body_hash = text.partition(" ")
+        return job_id, body_hash
+
+    async def get(self, job_id: str) -> dict[str, Any] | None:
+        """One job's record, or None."""
+        raw = await self.redis.hgetall(self.keys.job(job_id))
+        return decode(raw) if raw else None
