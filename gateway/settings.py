@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import hashlib
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 # Values shipped in .env.example and docker-compose.yml: fine for a laptop, refused in production.
@@ -21,6 +23,15 @@ def _split(value: object) -> object:
     return value
 
 
+def _is_placeholder(value: str) -> bool:
+    """A shipped example value, plain or (for whsec_ secrets) base64-encoded."""
+    texts = [value.lower()]
+    if value.startswith("whsec_"):
+        with contextlib.suppress(ValueError):
+            texts.append(base64.b64decode(value[6:]).decode(errors="replace").lower())
+    return any(marker in text for marker in PLACEHOLDER_MARKERS for text in texts)
+
+
 def hash_api_key(key: str) -> str:
     """The form an API key is kept in: its SHA-256, hex."""
     return hashlib.sha256(key.encode()).hexdigest()
@@ -29,7 +40,7 @@ def hash_api_key(key: str) -> str:
 class Settings(BaseSettings):
     """Everything the gateway, the workers and beat read from the environment."""
 
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", env_ignore_empty=True)
 
     environment: Literal["dev", "production"] = "dev"
 
@@ -66,18 +77,72 @@ class Settings(BaseSettings):
 
     # Storage for uploaded and produced files
     data_dir: Path = Path("var")
+    max_upload_bytes: int = 1024 * 1024 * 1024
+    max_fetch_bytes: int = 100 * 1024 * 1024
 
-    @field_validator("api_keys", mode="before")
+    # Outbound HTTP (callbacks, forwarded webhooks, fetches): private addresses are refused unless
+    # allowlisted here; plain http only when allowed.
+    outbound_allow_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    outbound_allow_networks: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    outbound_allow_http: bool = False
+    outbound_timeout_seconds: float = 15.0
+    outbound_max_response_bytes: int = 64 * 1024
+
+    # Callbacks: Standard Webhooks signing secrets (whsec_...); the first signs, all are listed
+    # in webhook-signature during a rotation.
+    signing_secrets: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    callback_max_attempts: int = 9
+
+    # Inbound webhooks
+    webhook_sources_file: Path | None = None
+    webhook_dedup_seconds: int = 24 * 3600
+    max_webhook_body_bytes: int = 1024 * 1024
+
+    # Email (SMTP)
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = 1025
+    smtp_tls: Literal["none", "starttls", "tls"] = "none"
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_timeout_seconds: float = 30.0
+    mail_from: str = "gateway@localhost"
+
+    # LLM provider: any OpenAI-compatible server (OpenAI, vLLM, Ollama, LiteLLM)
+    llm_base_url: str = "http://127.0.0.1:11434"
+    llm_api_key: SecretStr | None = None
+    llm_default_model: str | None = None
+    llm_timeout_seconds: float = 60.0
+
+    # Periodic jobs run by beat (TOML file; see README)
+    periodic_jobs_file: Path | None = None
+
+    @field_validator(
+        "api_keys",
+        "signing_secrets",
+        "outbound_allow_hosts",
+        "outbound_allow_networks",
+        mode="before",
+    )
     @classmethod
-    def _split_keys(cls, value: object) -> object:
+    def _split_lists(cls, value: object) -> object:
         return _split(value)
+
+    @model_validator(mode="after")
+    def _visibility_covers_longest_task(self) -> Settings:
+        longest = max(self.files_task_time_limit_seconds, self.default_task_time_limit_seconds)
+        if self.visibility_timeout_seconds <= longest:
+            raise ValueError(
+                "VISIBILITY_TIMEOUT_SECONDS must exceed the longest task time limit, or a running "
+                "task is delivered to a second worker"
+            )
+        return self
 
     @model_validator(mode="after")
     def _refuse_placeholders_outside_dev(self) -> Settings:
         if self.environment == "dev":
             return self
         for name, value in self.secret_values():
-            if any(marker in value.lower() for marker in PLACEHOLDER_MARKERS):
+            if _is_placeholder(value):
                 raise ValueError(f"{name} holds a placeholder value; set a real secret")
         if not self.api_keys:
             raise ValueError("API_KEYS is empty; internal endpoints would be unusable")
@@ -109,5 +174,13 @@ class Settings(BaseSettings):
 
 @lru_cache
 def get_settings() -> Settings:
-    """The process's settings, read from the environment once."""
-    return Settings()
+    """The process's settings, read from the environment once; exits on invalid settings."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        # pydantic's own message echoes input values, secrets included: print only what is wrong
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise SystemExit(f"invalid settings: {problems}") from None

@@ -264,8 +264,10 @@ def test_sha256_memory_stays_flat_in_a_subprocess(tmp_path: Path) -> None:
         result = op.func(Path({str(sparse)!r}), op.params_model(), ctx)
         # VmHWM is this process's own peak; ru_maxrss would carry the forking parent's peak
         # across exec (Linux keeps the larger of the two), and pytest's is large
-        hwm = [l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith("VmHWM")]
-        rss_kb = int(hwm[0].split()[1]) if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        status = Path("/proc/self/status").read_text().splitlines()
+        hwm = [line for line in status if line.startswith("VmHWM")]
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        rss_kb = int(hwm[0].split()[1]) if hwm else usage.ru_maxrss
         print(json.dumps({{**result, "rss_kb": rss_kb}}))
         """
     )
