@@ -91,7 +91,20 @@ def run_beat() -> int:
 
     data_dir = get_settings().data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
-    app.start(["beat", "--loglevel", "info", "--schedule", str(data_dir / "celerybeat-schedule")])
+    from tasks.periodic import beat_schedule
+
+    app.conf.beat_schedule = beat_schedule()
+    app.start(
+        [
+            "beat",
+            "--loglevel",
+            "info",
+            "--scheduler",
+            "tasks.beat:LeaderScheduler",
+            "--schedule",
+            str(data_dir / "celerybeat-schedule"),
+        ]
+    )
     return 0
 
 

@@ -9,8 +9,10 @@ from fastapi import FastAPI
 
 from gateway import errors
 from gateway.redis_client import open_redis
-from gateway.routes import example, health, jobs
+from gateway.routes import dead_letters, example, health, jobs
 from gateway.settings import Settings, get_settings
+from tasks.dead_letters import DeadLetters
+from tasks.deliveries import outbound_policy
 from tasks.keys import Keys
 from tasks.store import JobStore
 
@@ -23,6 +25,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.redis = open_redis(settings)
         app.state.jobs = JobStore(app.state.redis, app.state.keys, settings.job_ttl_seconds)
+        app.state.dead_letters = DeadLetters(
+            app.state.redis, app.state.keys, settings.job_ttl_seconds
+        )
         yield
         await app.state.redis.aclose()
 
@@ -30,8 +35,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.keys = Keys(settings.redis_key_prefix)
     app.state.api_key_hashes = settings.api_key_hashes()
+    app.state.outbound_policy = outbound_policy(settings)
     errors.install(app)
     app.include_router(example.router)
     app.include_router(health.router)
     app.include_router(jobs.router)
+    app.include_router(dead_letters.router)
     return app

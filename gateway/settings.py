@@ -7,13 +7,15 @@ import contextlib
 import hashlib
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 # Values shipped in .env.example and docker-compose.yml: fine for a laptop, refused in production.
 PLACEHOLDER_MARKERS = ("change-me", "changeme", "placeholder", "dev-only")
+# base64 of "change-me-dev-signing-secret": signs callbacks in dev; refused in production
+DEV_SIGNING_SECRET = "whsec_Y2hhbmdlLW1lLWRldi1zaWduaW5nLXNlY3JldA=="  # noqa: S105 (dev only)
 
 
 def _split(value: object) -> object:
@@ -90,8 +92,14 @@ class Settings(BaseSettings):
 
     # Callbacks: Standard Webhooks signing secrets (whsec_...); the first signs, all are listed
     # in webhook-signature during a rotation.
-    signing_secrets: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
-    callback_max_attempts: int = 9
+    signing_secrets: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=lambda: [SecretStr(DEV_SIGNING_SECRET)]
+    )
+
+    # Per-kind retry overrides, JSON: {"callbacks": {"max_attempts": 8, "schedule": [5, 300]},
+    # "email": {"max_attempts": 6, "base_seconds": 10}}. Keys: max_attempts, base_seconds,
+    # max_seconds, jitter, schedule (seconds between attempts).
+    retry_policies: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     # Inbound webhooks
     webhook_sources_file: Path | None = None
@@ -112,6 +120,8 @@ class Settings(BaseSettings):
     llm_api_key: SecretStr | None = None
     llm_default_model: str | None = None
     llm_timeout_seconds: float = 60.0
+    # Connections the LLM client keeps per worker process: one per call in flight (HTTP/1.1).
+    llm_max_connections: int = Field(default=2000, ge=1)
 
     # Periodic jobs run by beat (TOML file; see README)
     periodic_jobs_file: Path | None = None
@@ -147,6 +157,11 @@ class Settings(BaseSettings):
         if not self.api_keys:
             raise ValueError("API_KEYS is empty; internal endpoints would be unusable")
         return self
+
+    @property
+    def files_dir(self) -> Path:
+        """Where uploaded and produced files live (the API writes, the workers read and write)."""
+        return self.data_dir / "files"
 
     def secret_values(self) -> list[tuple[str, str]]:
         """(setting name, revealed value) of every secret setting, for the placeholder check."""

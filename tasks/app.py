@@ -15,7 +15,12 @@ def create_celery() -> Celery:
     """Build the app from settings."""
     settings = get_settings()
     url = settings.redis_url or FALLBACK_REDIS_URL
-    app = Celery("gateway", broker=url, backend=url, include=["tasks.example", "tasks.jobs"])
+    app = Celery(
+        "gateway",
+        broker=url,
+        backend=url,
+        include=["tasks.example", "tasks.jobs", "tasks.callbacks", "tasks.periodic"],
+    )
     app.conf.update(
         # Never pickle: whoever can write to Redis could run code in every worker.
         task_serializer="json",

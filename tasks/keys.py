@@ -28,9 +28,22 @@ class Keys:
         """Sorted set: '<queue>\\n<message>' by due time (epoch s). No TTL: workers drain it."""
         return f"{self.prefix}schedule"
 
-    def deliveries(self, job_id: str) -> str:
-        """List: delivery attempts of a job's callback, JSON each. TTL: job_ttl_seconds."""
-        return f"{self.prefix}deliveries:{job_id}"
+    def delivery(self, delivery_id: str) -> str:
+        """Hash: one outbound delivery. TTL: job_ttl_seconds; persisted while a dead letter."""
+        return f"{self.prefix}delivery:{delivery_id}"
+
+    def delivery_attempts(self, delivery_id: str) -> str:
+        """List: a delivery's attempts, JSON each. TTL: as its delivery."""
+        return f"{self.prefix}delivery:{delivery_id}:attempts"
+
+    def deliveries(self, parent: str) -> str:
+        """List: delivery ids made for a parent ('job:<id>' or 'event:<id>'). TTL: job_ttl."""
+        return f"{self.prefix}deliveries:{parent}"
+
+    @property
+    def beat_leader(self) -> str:
+        """String: token of the beat process allowed to fire periodic jobs. TTL: 30 s, renewed."""
+        return f"{self.prefix}beat:leader"
 
     @property
     def dead_letters(self) -> str:

@@ -73,3 +73,8 @@ def task_message(
         },
     }
     return dumps(envelope)
+
+
+def job_message(task: str, job_id: str, queue: str, retries: int = 0) -> str:
+    """The message that runs job ``job_id`` with ``task``: its only argument is the job id."""
+    return task_message(task, job_id, queue, [job_id], retries=retries)

@@ -22,6 +22,7 @@ ROUTES: Final[dict[str, str]] = {
     "jobs.file": FILES,
     "webhooks.process": WEBHOOKS,
     "callbacks.deliver": CALLBACKS,
+    "periodic.fire": DEFAULT,
 }
 
 

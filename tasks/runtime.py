@@ -21,9 +21,10 @@ from gateway.settings import get_settings
 from handlers.errors import PermanentError, TransientError
 from tasks import loop
 from tasks.context import JobContext
+from tasks.deliveries import CALLBACK_POLICY, add_delivery, job_event
 from tasks.keys import Keys
 from tasks.kinds import KINDS, Kind
-from tasks.protocol import task_message
+from tasks.protocol import job_message
 from tasks.queues import queue_for
 from tasks.retry import RetryPolicy
 from tasks.store import decode, encode, now_iso
@@ -65,6 +66,18 @@ def default_policy() -> RetryPolicy:
     return RetryPolicy(s.max_attempts, s.retry_base_seconds, s.retry_max_seconds, s.retry_jitter)
 
 
+def policy_for(name: str, base: RetryPolicy | None) -> RetryPolicy:
+    """The retry policy of ``name`` (a kind, or "callbacks"), with RETRY_POLICIES applied."""
+    policy = base or default_policy()
+    override = get_settings().retry_policies.get(name)
+    if not override:
+        return policy
+    values = {**policy.__dict__, **override}
+    if values.get("schedule") is not None:
+        values["schedule"] = tuple(float(step) for step in values["schedule"])
+    return RetryPolicy(**values)
+
+
 def run_job(job_id: str) -> str | None:
     """Run job ``job_id`` once; returns the status it ended in (None if it was not runnable)."""
     r = worker_redis()
@@ -84,7 +97,7 @@ def run_job(job_id: str) -> str | None:
         error = _error(exc.code, exc.detail)
         if attempt >= int(job["max_attempts"]):
             return _finish(job, "dead", error=error)
-        delay = (kind.retry or default_policy()).delay(attempt, exc.retry_after)
+        delay = policy_for(kind.name, kind.retry).delay(attempt, exc.retry_after)
         return _retry(job, kind, delay, error)
     except PermanentError as exc:
         return _finish(job, "failed", error=_error(exc.code, exc.detail))
@@ -114,7 +127,7 @@ def _progress(job_id: str, pct: int) -> None:
 def _retry(job: dict[str, Any], kind: Kind, delay: float, error: dict[str, str]) -> str:
     due = time.time() + delay
     queue = queue_for(kind.task)
-    message = task_message(kind.task, job["id"], queue, [job["id"]], retries=job["attempts"])
+    message = job_message(kind.task, job["id"], queue, retries=job["attempts"])
     with worker_redis().pipeline(transaction=True) as pipe:
         pipe.hset(keys().job(job["id"]), mapping=encode({"status": "retrying", "error": error}))
         pipe.zadd(keys().schedule, {f"{queue}\n{message}": due})
@@ -138,6 +151,18 @@ def _finish(
     key = keys().job(job["id"])
     with worker_redis().pipeline(transaction=True) as pipe:
         pipe.hset(key, mapping=encode(fields))
+        if job.get("callback_url"):
+            # in the same transaction: a final job always has its callback queued
+            add_delivery(
+                pipe,
+                keys(),
+                url=job["callback_url"],
+                body=job_event(job, status, result, error),
+                parent=f"job:{job['id']}",
+                owner=job.get("owner") or "",
+                max_attempts=policy_for("callbacks", CALLBACK_POLICY).max_attempts,
+                ttl=get_settings().job_ttl_seconds,
+            )
         if status == "succeeded":
             pipe.expire(key, get_settings().job_ttl_seconds)
         else:

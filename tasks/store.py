@@ -107,41 +107,64 @@ class JobStore:
         self, job: NewJob, message: str, queue: str, idem: Idempotency | None = None
     ) -> tuple[str, str] | None:
         """Record and enqueue ``job``; for a seen Idempotency-Key, return (job id, body hash)."""
-        fields = encode(
-            {
-                "id": job.id,
-                "kind": job.kind,
-                "owner": job.owner,
-                "status": "scheduled" if job.due else "queued",
-                "attempts": 0,
-                "max_attempts": job.max_attempts,
-                "created_at": now_iso(),
-                "payload": job.payload,
-                "callback_url": job.callback_url,
-                "progress": 0,
-            }
-        )
-        flat = [item for pair in fields.items() for item in pair]
-        idem_key = self.keys.idempotency(job.owner, idem.key) if idem else self.keys.job(job.id)
-        existing = await self._create(
-            keys=[self.keys.job(job.id), queue, self.keys.schedule, idem_key],
-            args=[
-                self.job_ttl,
-                f"{queue}\n{message}" if job.due else message,
-                job.due,
-                1 if idem else 0,
-                f"{job.id} {idem.body_sha256}" if idem else "",
-                idem.ttl if idem else 0,
-                *flat,
-            ],
-        )
-        if existing is None:
-            return None
-        text = existing.decode() if isinstance(existing, bytes) else str(existing)
-        job_id, _, body_hash = text.partition(" ")
-        return job_id, body_hash
+        keys, args = create_call(self.keys, self.job_ttl, job, message, queue, idem)
+        return _existing(await self._create(keys=keys, args=args))
 
     async def get(self, job_id: str) -> dict[str, Any] | None:
         """One job's record, or None."""
         raw = await self.redis.hgetall(self.keys.job(job_id))
         return decode(raw) if raw else None
+
+
+def create_call(
+    keys: Keys, ttl: int, job: NewJob, message: str, queue: str, idem: Idempotency | None
+) -> tuple[list[str], list[Any]]:
+    """KEYS and ARGV of the create script for ``job``."""
+    fields = encode(
+        {
+            "id": job.id,
+            "kind": job.kind,
+            "owner": job.owner,
+            "status": "scheduled" if job.due else "queued",
+            "attempts": 0,
+            "max_attempts": job.max_attempts,
+            "created_at": now_iso(),
+            "payload": job.payload,
+            "callback_url": job.callback_url,
+            "progress": 0,
+        }
+    )
+    flat = [item for pair in fields.items() for item in pair]
+    idem_key = keys.idempotency(job.owner, idem.key) if idem else keys.job(job.id)
+    args = [
+        ttl,
+        f"{queue}\n{message}" if job.due else message,
+        job.due,
+        1 if idem else 0,
+        f"{job.id} {idem.body_sha256}" if idem else "",
+        idem.ttl if idem else 0,
+        *flat,
+    ]
+    return [keys.job(job.id), queue, keys.schedule, idem_key], args
+
+
+def create_sync(
+    client: Any,
+    keys: Keys,
+    ttl: int,
+    job: NewJob,
+    message: str,
+    queue: str,
+    idem: Idempotency | None = None,
+) -> tuple[str, str] | None:
+    """``JobStore.create`` for synchronous callers (workers, beat)."""
+    script_keys, args = create_call(keys, ttl, job, message, queue, idem)
+    return _existing(client.eval(_CREATE, len(script_keys), *script_keys, *args))
+
+
+def _existing(reply: Any) -> tuple[str, str] | None:
+    if reply is None:
+        return None
+    text = reply.decode() if isinstance(reply, bytes) else str(reply)
+    job_id, _, body_hash = text.partition(" ")
+    return job_id, body_hash

@@ -12,12 +12,14 @@ from fastapi import APIRouter, Header, Request, Response
 from pydantic import BaseModel, ValidationError
 
 from gateway.body import parse_object, read_limited, require_json
-from gateway.deps import JobsDep, OwnerDep, SettingsDep
+from gateway.deps import JobsDep, KeysDep, OwnerDep, SettingsDep
 from gateway.errors import ApiError, responses, validation_errors
+from handlers.outbound import UrlRejected, check_url
+from tasks.deliveries import list_for
 from tasks.kinds import KINDS
-from tasks.protocol import task_message
+from tasks.protocol import job_message
 from tasks.queues import queue_for
-from tasks.runtime import default_policy
+from tasks.runtime import policy_for
 from tasks.store import Idempotency, NewJob
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -32,6 +34,19 @@ class JobAccepted(BaseModel):
     id: str
     status: str
     status_url: str
+
+
+class DeliveryView(BaseModel):
+    """One outbound delivery (a callback) and its attempts."""
+
+    id: str
+    url: str
+    event_type: str | None = None
+    status: str
+    attempts: list[dict[str, Any]]
+    created_at: str | None = None
+    finished_at: str | None = None
+    next_attempt_at: str | None = None
 
 
 class JobView(BaseModel):
@@ -80,16 +95,19 @@ async def submit_job(
         where = ".".join(str(part) for part in first["loc"]) or "body"
         raise _unprocessable(f"{where}: {first['msg']}", errors) from exc
     due = _due(envelope)
+    callback_url = envelope.get("callback_url")
+    if callback_url is not None:
+        await _check_callback(callback_url, request)
     job_id = str(uuid.uuid4())
     queue = queue_for(spec.task)
-    policy = spec.retry or default_policy()
+    policy = policy_for(kind, spec.retry)
     job = NewJob(
         id=job_id,
         kind=kind,
         owner=owner,
         payload=body,
         max_attempts=policy.max_attempts,
-        callback_url=envelope.get("callback_url"),
+        callback_url=callback_url,
         due=due,
     )
     idem = None
@@ -97,7 +115,7 @@ async def submit_job(
         idem = Idempotency(
             idempotency_key, hashlib.sha256(raw).hexdigest(), settings.idempotency_ttl_seconds
         )
-    existing = await jobs.create(job, task_message(spec.task, job_id, queue, [job_id]), queue, idem)
+    existing = await jobs.create(job, job_message(spec.task, job_id, queue), queue, idem)
     if existing is not None:
         job_id, body_hash = existing
         if idem is not None and body_hash != idem.body_sha256:
@@ -122,6 +140,31 @@ async def get_job(job_id: str, owner: OwnerDep, jobs: JobsDep) -> JobView:
     if record is None or record.get("owner") != owner:
         raise ApiError(404, "job_not_found", f"no job {job_id}")
     return JobView.model_validate(record)
+
+
+@router.get(
+    "/{job_id}/deliveries",
+    response_model=list[DeliveryView],
+    responses=responses(401, 404, 503),
+)
+async def job_deliveries(
+    job_id: str, owner: OwnerDep, jobs: JobsDep, keys: KeysDep
+) -> list[dict[str, Any]]:
+    """The job's callback deliveries, each with every attempt (time, status, latency, error)."""
+    record = await jobs.get(job_id)
+    if record is None or record.get("owner") != owner:
+        raise ApiError(404, "job_not_found", f"no job {job_id}")
+    return await list_for(jobs.redis, keys, f"job:{job_id}")
+
+
+async def _check_callback(url: Any, request: Request) -> None:
+    """400 unless ``url`` is one the outbound guard would dial (checked again at connect time)."""
+    if not isinstance(url, str) or len(url) > 2048:
+        raise ApiError(400, "url_invalid", "callback_url must be a URL string")
+    try:
+        await check_url(url, request.app.state.outbound_policy)
+    except UrlRejected as exc:
+        raise ApiError(400, exc.code, f"callback_url refused: {exc.detail}") from exc
 
 
 def _due(envelope: dict[str, Any]) -> float:

@@ -1,0 +1,100 @@
+"""Dead letters: list what ended without success, replay one, or replay a kind over a time range.
+
+An operator's view: every API key sees every dead letter (jobs stay private to their caller in
+/v1/jobs). Replay starts the job or delivery again with the same id, so receivers recognise it.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+from pydantic import BaseModel, Field
+
+from gateway.deps import OwnerDep
+from gateway.errors import ApiError, responses
+from tasks.dead_letters import DeadLetters
+
+router = APIRouter(prefix="/v1/dead-letters", tags=["dead letters"])
+
+
+class DeadLetter(BaseModel):
+    """A job or delivery that ended without success."""
+
+    id: str
+    type: str
+    kind: str | None
+    status: str | None
+    attempts: int
+    failed_at: str | None
+    error: Any = None
+    payload: Any = None
+    ref: str
+
+
+class BulkReplay(BaseModel):
+    """Which dead letters to replay: a kind (job kind or "callback") and a time range."""
+
+    kind: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    limit: int = Field(1000, ge=1, le=10_000)
+
+
+class Replayed(BaseModel):
+    """What a replay started."""
+
+    replayed: int
+    ids: list[str]
+
+
+def _store(request: Request) -> DeadLetters:
+    store: DeadLetters = request.app.state.dead_letters
+    return store
+
+
+def _epoch(moment: datetime | None, default: float) -> float:
+    return moment.timestamp() if moment is not None else default
+
+
+@router.get("", response_model=list[DeadLetter], responses=responses(401, 422, 503))
+async def list_dead_letters(
+    request: Request,
+    _: OwnerDep,
+    kind: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[dict[str, Any]]:
+    """Dead letters, oldest first; filter by kind and by time of failure."""
+    return await _store(request).list(
+        kind=kind, since=_epoch(since, 0), until=_epoch(until, float("inf")), limit=limit
+    )
+
+
+@router.post(
+    "/{dead_letter_id}/replay",
+    status_code=202,
+    response_model=Replayed,
+    responses=responses(401, 404, 503),
+)
+async def replay_one(dead_letter_id: str, request: Request, _: OwnerDep) -> Replayed:
+    """Start one dead letter again ('job:<id>' or 'delivery:<id>')."""
+    if not await _store(request).replay(dead_letter_id):
+        raise ApiError(404, "dead_letter_not_found", f"no dead letter {dead_letter_id}")
+    return Replayed(replayed=1, ids=[dead_letter_id])
+
+
+@router.post("/replay", status_code=202, response_model=Replayed, responses=responses(401, 503))
+async def replay_many(body: BulkReplay, request: Request, _: OwnerDep) -> Replayed:
+    """Start again every dead letter of a kind in a time range."""
+    store = _store(request)
+    entries = await store.list(
+        kind=body.kind,
+        since=_epoch(body.since, 0),
+        until=_epoch(body.until, float("inf")),
+        limit=body.limit,
+    )
+    ids = [entry["id"] for entry in entries if await store.replay(entry["id"])]
+    return Replayed(replayed=len(ids), ids=ids)

@@ -1,0 +1,96 @@
+"""The callbacks queue: one signed attempt per message, then delivered, retried or dead-lettered.
+
+pending ──> delivering ──> delivered
+                ├──> retrying   (failure, attempts left: waits in the schedule)
+                ├──> failed     (410 Gone, or an address the guard refuses: never retried)
+                └──> dead       (failure, no attempts left)
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from datetime import UTC, datetime
+
+import httpx
+
+from gateway.settings import get_settings
+from handlers.delivery import Attempt, deliver
+from handlers.outbound import build_client
+from handlers.signing import standard_webhooks_key
+from tasks import loop
+from tasks.app import app
+from tasks.deliveries import (
+    CALLBACK_POLICY,
+    DELIVER_TASK,
+    attempt_record,
+    claim,
+    outbound_policy,
+)
+from tasks.protocol import task_message
+from tasks.queues import CALLBACKS
+from tasks.runtime import keys, policy_for, worker_redis
+from tasks.store import encode, now_iso
+
+_client: tuple[int, httpx.AsyncClient] | None = None
+
+
+async def _deliver(url: str, msg_id: str, body: bytes, signing: list[bytes]) -> Attempt:
+    global _client
+    # one guarded client per process, made on the process loop (tasks/loop.py) it is used from
+    if _client is None or _client[0] != os.getpid():
+        _client = (os.getpid(), build_client(outbound_policy(get_settings())))
+    return await deliver(_client[1], url, msg_id, body, signing)
+
+
+def signing_keys() -> list[bytes]:
+    """HMAC keys of every configured signing secret (the first is current)."""
+    return [standard_webhooks_key(s.get_secret_value()) for s in get_settings().signing_secrets]
+
+
+def run_delivery(delivery_id: str) -> str | None:
+    """Make one attempt of delivery ``delivery_id``; returns its status afterwards."""
+    r, k = worker_redis(), keys()
+    record = claim(r, k, delivery_id)
+    if record is None:
+        return None
+    number = int(record["attempts"])
+    body = str(record["body"]).encode()
+    outcome = loop.run(_deliver(record["url"], delivery_id, body, signing_keys()))
+    policy = policy_for("callbacks", CALLBACK_POLICY)
+    if outcome.verdict == "retry" and number < int(record["max_attempts"]):
+        status = "retrying"
+    else:
+        status = {"delivered": "delivered", "stop": "failed", "retry": "dead"}[outcome.verdict]
+    key = k.delivery(delivery_id)
+    fields: dict[str, object] = {"status": status, "last_error": outcome.error}
+    with r.pipeline(transaction=True) as pipe:
+        pipe.rpush(
+            k.delivery_attempts(delivery_id),
+            attempt_record(number, outcome.status_code, outcome.latency_ms, outcome.error),
+        )
+        if status == "retrying":
+            due = time.time() + policy.delay(number, outcome.retry_after)
+            fields["next_attempt_at"] = datetime.fromtimestamp(due, UTC).isoformat()
+            message = task_message(DELIVER_TASK, delivery_id, CALLBACKS, [delivery_id])
+            pipe.zadd(k.schedule, {f"{CALLBACKS}\n{message}": due})
+        else:
+            fields["finished_at"] = now_iso()
+            fields["next_attempt_at"] = None
+        pipe.hset(key, mapping=encode(fields))
+        ttl = get_settings().job_ttl_seconds
+        if status in ("failed", "dead"):
+            pipe.persist(key)
+            pipe.persist(k.delivery_attempts(delivery_id))
+            pipe.zadd(k.dead_letters, {f"delivery:{delivery_id}": time.time()})
+        else:
+            pipe.expire(key, ttl)
+            pipe.expire(k.delivery_attempts(delivery_id), ttl)
+        pipe.execute()
+    return status
+
+
+@app.task(name=DELIVER_TASK)
+def deliver_callback(delivery_id: str) -> str | None:
+    """Thin task: one attempt of one delivery."""
+    return run_delivery(delivery_id)

@@ -1,0 +1,130 @@
+"""Dead letters: jobs and deliveries that ended without success, listed and replayed.
+
+The dead-letter index is a sorted set of 'job:<id>' / 'delivery:<id>' by time of death; the records
+themselves are the job and delivery hashes (persisted while dead), so a dead letter keeps its
+payload and last error. Replay moves it back to the start with the same id, atomically: a dead
+letter replayed twice at once is replayed once.
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+from redis.asyncio import Redis
+
+from tasks.deliveries import CALLBACK_POLICY, DELIVER_TASK
+from tasks.keys import Keys
+from tasks.kinds import KINDS
+from tasks.protocol import job_message, task_message
+from tasks.queues import CALLBACKS, queue_for
+from tasks.runtime import policy_for
+from tasks.store import decode, now_iso
+
+_REPLAY = """
+-- KEYS: dead-letter zset, record hash, queue
+-- ARGV: member, message, ttl, now, kind of record, attempts budget
+-- Attempts keep counting (they are a true count of executions); the budget starts afresh.
+if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
+local cap = tonumber(redis.call('HGET', KEYS[2], 'attempts') or '0') + tonumber(ARGV[6])
+if ARGV[5] == 'job' then
+  redis.call('HSET', KEYS[2], 'status', 'queued', 'max_attempts', cap, 'error', '', 'result', '',
+             'started_at', '', 'finished_at', '', 'progress', 0, 'replayed_at', ARGV[4])
+else
+  redis.call('HSET', KEYS[2], 'status', 'pending', 'max_attempts', cap, 'finished_at', '',
+             'last_error', '', 'replayed_at', ARGV[4])
+end
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+redis.call('LPUSH', KEYS[3], ARGV[2])
+return 1
+"""
+
+
+def _record_key(keys: Keys, member: str) -> tuple[str, str]:
+    """('job' | 'delivery', hash key) of a dead-letter member."""
+    kind, _, ident = member.partition(":")
+    return kind, keys.job(ident) if kind == "job" else keys.delivery(ident)
+
+
+def _entry(member: str, record: dict[str, Any]) -> dict[str, Any]:
+    kind, _, ident = member.partition(":")
+    if kind == "job":
+        return {
+            "id": member,
+            "type": "job",
+            "kind": record.get("kind"),
+            "status": record.get("status"),
+            "attempts": record.get("attempts", 0),
+            "failed_at": record.get("finished_at"),
+            "error": record.get("error"),
+            "payload": record.get("payload"),
+            "ref": ident,
+        }
+    return {
+        "id": member,
+        "type": "delivery",
+        "kind": "callback",
+        "status": record.get("status"),
+        "attempts": record.get("attempts", 0),
+        "failed_at": record.get("finished_at"),
+        "error": {"detail": record.get("last_error")},
+        "payload": {"url": record.get("url"), "parent": record.get("parent")},
+        "ref": ident,
+    }
+
+
+class DeadLetters:
+    """The API's side of the dead-letter store."""
+
+    def __init__(self, redis: Redis, keys: Keys, ttl: int) -> None:
+        self.redis, self.keys, self.ttl = redis, keys, ttl
+        self._replay = redis.register_script(_REPLAY)
+
+    async def list(
+        self, *, kind: str | None, since: float, until: float, limit: int
+    ) -> list[dict[str, Any]]:
+        """Dead letters in [since, until], oldest first, optionally of one kind."""
+        members = cast(
+            list[bytes], await self.redis.zrangebyscore(self.keys.dead_letters, since, until)
+        )
+        out: list[dict[str, Any]] = []
+        batch = 200
+        for start in range(0, len(members), batch):
+            chunk = members[start : start + batch]
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for member in chunk:
+                    pipe.hgetall(_record_key(self.keys, member.decode())[1])
+                records = await pipe.execute()
+            for member, raw in zip(chunk, records, strict=True):
+                if not raw:
+                    continue
+                entry = _entry(member.decode(), decode(raw))
+                if kind is None or entry["kind"] == kind:
+                    out.append(entry)
+                    if len(out) >= limit:
+                        return out
+        return out
+
+    async def replay(self, member: str) -> bool:
+        """Start dead letter ``member`` again with the same id; False if it is not dead."""
+        record_kind, key = _record_key(self.keys, member)
+        raw = await self.redis.hgetall(key)
+        if not raw or record_kind not in ("job", "delivery"):
+            return False
+        record = decode(raw)
+        ident = member.partition(":")[2]
+        if record_kind == "job":
+            spec = KINDS.get(str(record.get("kind")))
+            if spec is None:
+                return False
+            queue = queue_for(spec.task)
+            message = job_message(spec.task, ident, queue)
+            budget = policy_for(spec.name, spec.retry).max_attempts
+        else:
+            queue = CALLBACKS
+            message = task_message(DELIVER_TASK, ident, queue, [ident])
+            budget = policy_for("callbacks", CALLBACK_POLICY).max_attempts
+        done = await self._replay(
+            keys=[self.keys.dead_letters, key, queue],
+            args=[member, message, self.ttl, now_iso(), record_kind, budget],
+        )
+        return bool(done)
