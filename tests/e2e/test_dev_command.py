@@ -1,0 +1,88 @@
+"""`gateway dev`, the README's first command: everything starts (embedded Redis when REDIS_URL is
+unset), the example works through it, and Ctrl-C leaves no process behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+
+from gateway.embedded import free_port
+from tests.conftest import ROOT, wait_for
+
+
+def descendants(pid: int) -> set[int]:
+    """Every process below ``pid``, from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_dev_starts_everything_and_ctrl_c_stops_it_all(tmp_path: Path) -> None:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+    env.update(DATA_DIR=str(tmp_path / "var"), API_KEYS="dev-test-key")
+    log = (tmp_path / "dev.log").open("wb")
+    dev = subprocess.Popen(
+        [sys.executable, "-m", "gateway.cli", "dev", "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+
+        def ready() -> bool:
+            try:
+                return httpx.get(f"{base}/readyz", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for(ready, timeout=60)
+        task_id = httpx.get(f"{base}/add/2/5", timeout=5).json()["task_id"]
+        done = wait_for(
+            lambda: (
+                (r := httpx.get(f"{base}/result/{task_id}", timeout=5).json())["status"]
+                == "completed"
+                and r
+            ),
+            timeout=60,
+        )
+        assert done["result"] == 7
+        tree = descendants(dev.pid)
+        assert len(tree) >= 9  # redis, api, six workers, beat (and pool processes)
+    except AssertionError as exc:
+        dev.kill()
+        raise AssertionError(f"{exc}\n{(tmp_path / 'dev.log').read_text()[-4000:]}") from None
+
+    dev.send_signal(signal.SIGINT)  # what Ctrl-C sends
+    assert dev.wait(40) == 0
+    left = [pid for pid in tree if alive(pid)]
+    assert not left, (left, (tmp_path / "dev.log").read_text()[-3000:])
