@@ -9,10 +9,12 @@ from fastapi import FastAPI
 
 from gateway import errors
 from gateway.redis_client import open_redis
-from gateway.routes import dead_letters, example, health, jobs
+from gateway.routes import dead_letters, example, health, jobs, webhooks
 from gateway.settings import Settings, get_settings
+from gateway.webhooks.sources import check_destinations, load_sources
 from tasks.dead_letters import DeadLetters
 from tasks.deliveries import outbound_policy
+from tasks.events import EventStore
 from tasks.keys import Keys
 from tasks.store import JobStore
 
@@ -23,10 +25,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await check_destinations(app.state.webhook_sources, app.state.outbound_policy)
         app.state.redis = open_redis(settings)
         app.state.jobs = JobStore(app.state.redis, app.state.keys, settings.job_ttl_seconds)
         app.state.dead_letters = DeadLetters(
             app.state.redis, app.state.keys, settings.job_ttl_seconds
+        )
+        app.state.events = EventStore(
+            app.state.redis,
+            app.state.keys,
+            settings.job_ttl_seconds,
+            settings.webhook_dedup_seconds,
         )
         yield
         await app.state.redis.aclose()
@@ -36,9 +45,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.keys = Keys(settings.redis_key_prefix)
     app.state.api_key_hashes = settings.api_key_hashes()
     app.state.outbound_policy = outbound_policy(settings)
+    # parsed, checked and its secrets read once, here: a bad file stops startup, not a request
+    app.state.webhook_sources = load_sources(
+        settings.webhook_sources_file, app.state.outbound_policy
+    )
     errors.install(app)
     app.include_router(example.router)
     app.include_router(health.router)
     app.include_router(jobs.router)
     app.include_router(dead_letters.router)
+    app.include_router(webhooks.router)
+    app.include_router(webhooks.events_router)
     return app

@@ -19,7 +19,13 @@ def create_celery() -> Celery:
         "gateway",
         broker=url,
         backend=url,
-        include=["tasks.example", "tasks.jobs", "tasks.callbacks", "tasks.periodic"],
+        include=[
+            "tasks.example",
+            "tasks.jobs",
+            "tasks.callbacks",
+            "tasks.periodic",
+            "tasks.webhooks",
+        ],
     )
     app.conf.update(
         # Never pickle: whoever can write to Redis could run code in every worker.

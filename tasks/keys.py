@@ -40,6 +40,14 @@ class Keys:
         """List: delivery ids made for a parent ('job:<id>' or 'event:<id>'). TTL: job_ttl."""
         return f"{self.prefix}deliveries:{parent}"
 
+    def event(self, event_id: str) -> str:
+        """Hash: one inbound webhook event, raw body included. TTL: job_ttl_seconds, renewed."""
+        return f"{self.prefix}event:{event_id}"
+
+    def webhook_seen(self, source: str, delivery_id: str) -> str:
+        """String: our event id for a sender's delivery id (dedup). TTL: webhook_dedup_seconds."""
+        return f"{self.prefix}whseen:{source}:{delivery_id}"
+
     @property
     def beat_leader(self) -> str:
         """String: token of the beat process allowed to fire periodic jobs. TTL: 30 s, renewed."""

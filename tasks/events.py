@@ -1,0 +1,154 @@
+"""Inbound webhook events in Redis: the atomic record-and-enqueue the 202 waits for, and reading.
+
+received ──> processing ──> routed   (every matched route made its deliveries / job)
+   │  ^           ├──> ignored  (no route matches the type)
+   │  └─(retry)───┤
+   │              └──> failed   (a route could not be carried out, or processing kept failing)
+   └──> ignored  (at once, without processing: a type the source does not accept)
+
+An event is one Redis hash (keys.Keys.event) holding the raw body exactly as received, at most
+MAX_WEBHOOK_BODY_BYTES, kept for JOB_TTL_SECONDS like the deliveries it makes. The sender's
+delivery id is claimed in the same Lua script that writes the record and LPUSHes the
+``webhooks.process`` message: one round trip, so concurrent duplicates cannot both get in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from redis.asyncio import Redis
+
+from tasks.deliveries import list_for
+from tasks.keys import Keys
+from tasks.protocol import task_message
+from tasks.queues import WEBHOOKS
+from tasks.store import now_iso
+
+PROCESS_TASK = "webhooks.process"
+FINAL = frozenset({"routed", "ignored", "failed"})
+JSON_FIELDS = ("routes", "jobs", "error")
+_MAX_ID = 128  # longer sender ids are hashed: they become part of a Redis key
+
+_RECORD = """
+-- KEYS: dedup key, event hash, queue list
+-- ARGV: dedup ttl, event id, event ttl, message ('' = nothing to process), then field/value pairs
+local seen = redis.call('GET', KEYS[1])
+if seen then return seen end
+redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[1])
+redis.call('HSET', KEYS[2], unpack(ARGV, 5))
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+if ARGV[4] ~= '' then redis.call('LPUSH', KEYS[3], ARGV[4]) end
+return false
+"""
+
+
+def dedup_id(delivery_id: str | None, body: bytes) -> str:
+    """What duplicates are recognised by: the sender's delivery id, else the body's SHA-256."""
+    if delivery_id is None:
+        return "body:" + hashlib.sha256(body).hexdigest()
+    if len(delivery_id) > _MAX_ID:
+        return "sha256:" + hashlib.sha256(delivery_id.encode()).hexdigest()
+    return "id:" + delivery_id
+
+
+@dataclass(frozen=True)
+class NewEvent:
+    """One verified inbound webhook, ready to record."""
+
+    id: str
+    source: str
+    delivery_id: str | None
+    type: str
+    content_type: str
+    body: bytes
+    status: Literal["received", "ignored"] = "received"
+    reason: str | None = None
+
+
+def process_message(event_id: str) -> str:
+    """The ``webhooks.process`` message for one event."""
+    return task_message(PROCESS_TASK, event_id, WEBHOOKS, [event_id])
+
+
+class EventStore:
+    """The gateway's side of events: record-and-enqueue (with dedup), and read."""
+
+    def __init__(self, redis: Redis, keys: Keys, ttl: int, dedup_ttl: int) -> None:
+        self.redis, self.keys = redis, keys
+        self.ttl, self.dedup_ttl = ttl, dedup_ttl
+        self._record = redis.register_script(_RECORD)
+
+    async def record(self, event: NewEvent) -> str | None:
+        """Record and enqueue ``event``; for a delivery id seen before, return that event's id."""
+        fields: list[str | bytes | int] = [
+            "id", event.id,
+            "source", event.source,
+            "delivery_id", event.delivery_id or "",
+            "type", event.type,
+            "content_type", event.content_type,
+            "body", event.body,
+            "body_bytes", len(event.body),
+            "received_at", now_iso(),
+            "status", event.status,
+            "reason", event.reason or "",
+            "attempts", 0,
+        ]  # fmt: skip
+        message = process_message(event.id) if event.status == "received" else ""
+        dedup_key = self.keys.webhook_seen(event.source, dedup_id(event.delivery_id, event.body))
+        seen = await self._record(
+            keys=[dedup_key, self.keys.event(event.id), WEBHOOKS],
+            args=[self.dedup_ttl, event.id, self.ttl, message, *fields],
+        )
+        if seen is None:
+            return None
+        return seen.decode() if isinstance(seen, bytes) else str(seen)
+
+    async def view(self, event_id: str, *, with_body: bool = False) -> dict[str, Any] | None:
+        """An event as the API shows it: its record, the jobs it started and its deliveries."""
+        raw = await self.redis.hgetall(self.keys.event(event_id))
+        if not raw:
+            return None
+        event = decode(raw)
+        body = event.pop("body", b"")
+        if with_body:
+            event["body"] = body.decode("utf-8", errors="replace")
+        job_ids = event.get("jobs") or []
+        jobs = []
+        if job_ids:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for job_id in job_ids:
+                    pipe.hmget(self.keys.job(job_id), "kind", "status")
+                replies = await pipe.execute()
+            for job_id, (kind, status) in zip(job_ids, replies, strict=True):
+                jobs.append({"id": job_id, "kind": _text(kind), "status": _text(status)})
+        event["jobs"] = jobs
+        event["deliveries"] = await list_for(self.redis, self.keys, f"event:{event_id}")
+        return event
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def decode(raw: Mapping[Any, Any]) -> dict[str, Any]:
+    """An event hash back into typed fields (``body`` stays bytes, exactly as received)."""
+    event: dict[str, Any] = {}
+    for key, value in raw.items():
+        name = key.decode() if isinstance(key, bytes) else str(key)
+        if name == "body":
+            event[name] = value if isinstance(value, bytes) else str(value).encode()
+            continue
+        text = value.decode() if isinstance(value, bytes) else str(value)
+        if name in JSON_FIELDS:
+            event[name] = json.loads(text) if text else None
+        elif name in ("attempts", "body_bytes"):
+            event[name] = int(text) if text else 0
+        else:
+            event[name] = text or None
+    return event
