@@ -13,31 +13,31 @@ from tasks.keys import Keys
 from tasks.store import JobStore
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     """The settings the app was created with."""
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_redis(request: Request) -> Redis:
+async def get_redis(request: Request) -> Redis:
     """The process's Redis client, opened by the lifespan."""
     client: Redis = request.app.state.redis
     return client
 
 
-def get_jobs(request: Request) -> JobStore:
+async def get_jobs(request: Request) -> JobStore:
     """The job store on the process's Redis client."""
     store: JobStore = request.app.state.jobs
     return store
 
 
-def get_keys(request: Request) -> Keys:
+async def get_keys(request: Request) -> Keys:
     """Redis key names under the configured prefix."""
     keys: Keys = request.app.state.keys
     return keys
 
 
-def get_owner(request: Request, authorization: Annotated[str | None, Header()] = None) -> str:
+async def get_owner(request: Request, authorization: Annotated[str | None, Header()] = None) -> str:
     """The authenticated caller (401 otherwise)."""
     hashes: tuple[str, ...] = request.app.state.api_key_hashes
     return authenticate(authorization, hashes)

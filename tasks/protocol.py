@@ -13,16 +13,30 @@ import base64
 import json
 import os
 import socket
-import uuid
+from functools import lru_cache
 from typing import Any
+
+import orjson
 
 _ORIGIN = f"gateway-{os.getpid()}@{socket.gethostname()}"
 _EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 
 
 def dumps(value: Any) -> str:
-    """Compact JSON, the one serializer on every queue."""
-    return json.dumps(value, separators=(",", ":"), default=str)
+    """Compact JSON (UTF-8, not ASCII-escaped), the one serializer on every queue and record."""
+    try:
+        return orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
+    except TypeError:  # e.g. an integer beyond 64 bits, which orjson refuses
+        return json.dumps(value, separators=(",", ":"), default=str, ensure_ascii=False)
+
+
+def new_id() -> str:
+    """A random UUID4 string, built without the uuid module's per-call overhead (hot path)."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
+    raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def task_message(
@@ -69,12 +83,27 @@ def task_message(
             "priority": 0,
             "body_encoding": "base64",
             # kombu tracks unacked messages by this tag; it must be unique per message
-            "delivery_tag": str(uuid.uuid4()),
+            "delivery_tag": new_id(),
         },
     }
     return dumps(envelope)
 
 
+_ID, _TAG, _BODY = "@@job-id@@", "@@tag@@", "@@body@@"
+
+
+@lru_cache(maxsize=128)
+def _job_template(task: str, queue: str, retries: int) -> tuple[str, str, str]:
+    """The job message with placeholders, and the body's JSON around the id (hot path: the API)."""
+    envelope = json.loads(task_message(task, _ID, queue, [_ID], retries=retries))
+    envelope["body"] = _BODY
+    envelope["properties"]["delivery_tag"] = _TAG
+    before, _, after = dumps([[_ID], {}, _EMBED]).partition(_ID)
+    return dumps(envelope), before, after
+
+
 def job_message(task: str, job_id: str, queue: str, retries: int = 0) -> str:
     """The message that runs job ``job_id`` with ``task``: its only argument is the job id."""
-    return task_message(task, job_id, queue, [job_id], retries=retries)
+    template, before, after = _job_template(task, queue, retries)
+    body = base64.b64encode(f"{before}{job_id}{after}".encode()).decode()
+    return template.replace(_ID, job_id).replace(_TAG, new_id()).replace(_BODY, body)

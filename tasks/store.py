@@ -7,6 +7,7 @@ all of it is in Redis or none of it is.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -16,6 +17,8 @@ from typing import Any, Literal
 from redis.asyncio import Redis
 
 from tasks.keys import Keys
+from tasks.pipelined import PipelinedRedis
+from tasks.protocol import dumps
 
 Status = Literal["scheduled", "queued", "running", "retrying", "succeeded", "failed", "dead"]
 FINAL_STATUSES = frozenset({"succeeded", "failed", "dead"})
@@ -24,13 +27,18 @@ JSON_FIELDS = ("payload", "result", "error")
 _CREATE = """
 -- KEYS: job hash, queue list, schedule zset, idempotency key
 -- ARGV: job ttl, message, due (0 = now), use idempotency (0/1), idempotency value, idem ttl,
---       then the job's field/value pairs
+--       the job's fields as one JSON object of strings (one argument: cheap to send)
 if ARGV[4] == '1' then
   local existing = redis.call('GET', KEYS[4])
   if existing then return existing end
   redis.call('SET', KEYS[4], ARGV[5], 'EX', ARGV[6])
 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 7))
+local flat = {}
+for name, value in pairs(cjson.decode(ARGV[7])) do
+  flat[#flat + 1] = name
+  flat[#flat + 1] = value
+end
+redis.call('HSET', KEYS[1], unpack(flat))
 redis.call('EXPIRE', KEYS[1], ARGV[1])
 if tonumber(ARGV[3]) > 0 then
   redis.call('ZADD', KEYS[3], ARGV[3], ARGV[2])
@@ -51,7 +59,7 @@ def encode(fields: dict[str, Any]) -> dict[Any, str]:
     out: dict[Any, str] = {}
     for name, value in fields.items():
         if name in JSON_FIELDS:
-            out[name] = json.dumps(value, separators=(",", ":"), default=str)
+            out[name] = dumps(value)
         else:
             out[name] = "" if value is None else str(value)
     return out
@@ -97,18 +105,19 @@ class Idempotency:
 class JobStore:
     """The gateway's side of job records: create-and-enqueue, and read."""
 
-    def __init__(self, redis: Redis, keys: Keys, job_ttl: int) -> None:
+    def __init__(self, redis: Redis, keys: Keys, job_ttl: int, fast: PipelinedRedis) -> None:
         self.redis = redis
         self.keys = keys
         self.job_ttl = job_ttl
-        self._create = redis.register_script(_CREATE)
+        self.fast = fast
+        self._create_sha = hashlib.sha1(_CREATE.encode()).hexdigest()  # noqa: S324 (Redis's id)
 
     async def create(
         self, job: NewJob, message: str, queue: str, idem: Idempotency | None = None
     ) -> tuple[str, str] | None:
         """Record and enqueue ``job``; for a seen Idempotency-Key, return (job id, body hash)."""
         keys, args = create_call(self.keys, self.job_ttl, job, message, queue, idem)
-        return _existing(await self._create(keys=keys, args=args))
+        return _existing(await self.fast.eval_script(_CREATE, self._create_sha, keys, args))
 
     async def get(self, job_id: str) -> dict[str, Any] | None:
         """One job's record, or None."""
@@ -134,7 +143,6 @@ def create_call(
             "progress": 0,
         }
     )
-    flat = [item for pair in fields.items() for item in pair]
     idem_key = keys.idempotency(job.owner, idem.key) if idem else keys.job(job.id)
     args = [
         ttl,
@@ -143,7 +151,7 @@ def create_call(
         1 if idem else 0,
         f"{job.id} {idem.body_sha256}" if idem else "",
         idem.ttl if idem else 0,
-        *flat,
+        dumps(fields),
     ]
     return [keys.job(job.id), queue, keys.schedule, idem_key], args
 

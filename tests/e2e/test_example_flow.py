@@ -33,3 +33,17 @@ def test_add_refuses_non_numbers_in_the_error_shape(live_api: str) -> None:
     response = httpx.get(f"{live_api}/add/two/5", timeout=5)
     assert response.status_code == 422
     assert response.json()["code"] == "validation_error"
+
+
+def test_a_job_through_the_real_server_process(live_api: str, workers: Processes) -> None:
+    """uvicorn as deployed (uvloop, httptools), not the in-process test client."""
+    headers = {"Authorization": "Bearer test-key-0123456789"}
+    accepted = httpx.post(f"{live_api}/v1/jobs/echo", json={"message": "real"}, headers=headers)
+    assert accepted.status_code == 202, accepted.text
+    url = f"{live_api}{accepted.json()['status_url']}"
+
+    def done() -> dict | None:
+        view = httpx.get(url, headers=headers, timeout=5).json()
+        return view if view["status"] == "succeeded" else None
+
+    assert wait_for(done, timeout=30)["result"] == {"message": "real", "attempt": 1}
