@@ -42,6 +42,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.keys,
             settings.job_ttl_seconds,
             settings.webhook_dedup_seconds,
+            app.state.fast_redis,
         )
         yield
         await app.state.fast_redis.close()

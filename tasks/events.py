@@ -24,7 +24,8 @@ from redis.asyncio import Redis
 
 from tasks.deliveries import list_for
 from tasks.keys import Keys
-from tasks.protocol import task_message
+from tasks.pipelined import PipelinedRedis
+from tasks.protocol import job_message
 from tasks.queues import WEBHOOKS
 from tasks.store import now_iso
 
@@ -44,6 +45,9 @@ redis.call('EXPIRE', KEYS[2], ARGV[3])
 if ARGV[4] ~= '' then redis.call('LPUSH', KEYS[3], ARGV[4]) end
 return false
 """
+
+
+_RECORD_SHA = hashlib.sha1(_RECORD.encode()).hexdigest()  # noqa: S324 (Redis's script id)
 
 
 def dedup_id(delivery_id: str | None, body: bytes) -> str:
@@ -71,16 +75,17 @@ class NewEvent:
 
 def process_message(event_id: str) -> str:
     """The ``webhooks.process`` message for one event."""
-    return task_message(PROCESS_TASK, event_id, WEBHOOKS, [event_id])
+    return job_message(PROCESS_TASK, event_id, WEBHOOKS)
 
 
 class EventStore:
     """The gateway's side of events: record-and-enqueue (with dedup), and read."""
 
-    def __init__(self, redis: Redis, keys: Keys, ttl: int, dedup_ttl: int) -> None:
-        self.redis, self.keys = redis, keys
+    def __init__(
+        self, redis: Redis, keys: Keys, ttl: int, dedup_ttl: int, fast: PipelinedRedis
+    ) -> None:
+        self.redis, self.keys, self.fast = redis, keys, fast
         self.ttl, self.dedup_ttl = ttl, dedup_ttl
-        self._record = redis.register_script(_RECORD)
 
     async def record(self, event: NewEvent) -> str | None:
         """Record and enqueue ``event``; for a delivery id seen before, return that event's id."""
@@ -99,9 +104,11 @@ class EventStore:
         ]  # fmt: skip
         message = process_message(event.id) if event.status == "received" else ""
         dedup_key = self.keys.webhook_seen(event.source, dedup_id(event.delivery_id, event.body))
-        seen = await self._record(
-            keys=[dedup_key, self.keys.event(event.id), WEBHOOKS],
-            args=[self.dedup_ttl, event.id, self.ttl, message, *fields],
+        seen = await self.fast.eval_script(
+            _RECORD,
+            _RECORD_SHA,
+            [dedup_key, self.keys.event(event.id), WEBHOOKS],
+            [self.dedup_ttl, event.id, self.ttl, message, *fields],
         )
         if seen is None:
             return None

@@ -103,7 +103,7 @@ def _job_template(task: str, queue: str, retries: int) -> tuple[str, str, str]:
 
 
 def job_message(task: str, job_id: str, queue: str, retries: int = 0) -> str:
-    """The message that runs job ``job_id`` with ``task``: its only argument is the job id."""
+    """The message that runs ``task`` with one id (a job's, an event's) as its only argument."""
     template, before, after = _job_template(task, queue, retries)
     body = base64.b64encode(f"{before}{job_id}{after}".encode()).decode()
     return template.replace(_ID, job_id).replace(_TAG, new_id()).replace(_BODY, body)

@@ -7,7 +7,6 @@ is acknowledged (202) and recorded as ``ignored``, not bounced. Bodies we cannot
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -20,6 +19,7 @@ from gateway.routes.jobs import DeliveryView
 from gateway.webhooks.inbound import VerifiedWebhook
 from handlers.webhooks import EventUnreadable, event_document, event_type_at, matches
 from tasks.events import EventStore, NewEvent
+from tasks.protocol import new_id
 
 router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
 events_router = APIRouter(prefix="/v1/events", tags=["webhooks"])
@@ -101,7 +101,7 @@ async def receive_webhook(inbound: VerifiedWebhook, request: Request) -> JSONRes
         raise ApiError(422, "missing_event_type", f"no event type in {where}")
     accepted = matches(event_type, config.events)
     event = NewEvent(
-        id=str(uuid.uuid4()),
+        id=new_id(),
         source=config.name,
         delivery_id=inbound.verified.delivery_id,
         type=event_type,
