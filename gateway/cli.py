@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from tasks.queues import QUEUES, WORKER_PROFILES
+from tasks.queues import QUEUES, THREADS_SWITCH_INTERVAL, WORKER_PROFILES
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,6 +63,11 @@ def run_worker(queues: list[str], pool: str | None, concurrency: int | None, log
 
     default_pool, default_concurrency = WORKER_PROFILES[queues[0]]
     pool = pool or default_pool
+    if pool == "threads":
+        # Hundreds of pool threads each hop on and off the GIL for every Redis round trip; at the
+        # default 5 ms switch interval those hops, not the CPU, held an llm worker to ~100 jobs/s
+        # (bench/README.md). A shorter interval lets I/O-bound threads take their turn promptly.
+        sys.setswitchinterval(THREADS_SWITCH_INTERVAL)
     concurrency = concurrency or default_concurrency or (os.cpu_count() or 1)
     app.worker_main(
         [

@@ -9,7 +9,7 @@ from fastapi import FastAPI
 
 from gateway import errors
 from gateway.redis_client import FALLBACK_URL, open_redis
-from gateway.routes import dead_letters, example, health, jobs, webhooks
+from gateway.routes import dead_letters, example, files, health, jobs, webhooks
 from gateway.settings import Settings, get_settings
 from gateway.webhooks.sources import check_destinations, load_sources
 from tasks.dead_letters import DeadLetters
@@ -66,6 +66,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         webhooks.router,
         example.router,
         health.router,
+        files.router,
         dead_letters.router,
         webhooks.events_router,
     ):

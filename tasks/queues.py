@@ -31,13 +31,16 @@ def queue_for(task: str) -> str:
     return ROUTES.get(task, DEFAULT)
 
 
+# GIL switch interval (s) of thread-pool workers (Python's default is 0.005); see gateway/cli.py.
+THREADS_SWITCH_INTERVAL: Final = 0.0005
+
 # How each queue's workers run by default: (pool, concurrency). Network-bound queues use threads
 # that hand coroutines to one event loop per process (tasks/loop.py), so one process holds many
 # calls in flight; `files` is CPU- and disk-bound: prefork, one process per core, prefetch 1.
 WORKER_PROFILES: Final[dict[str, tuple[str, int]]] = {
     DEFAULT: ("threads", 16),
     WEBHOOKS: ("threads", 64),
-    EMAIL: ("threads", 200),
+    EMAIL: ("threads", 1000),
     LLM: ("threads", 1000),
     FILES: ("prefork", 0),  # 0: one process per CPU core
     CALLBACKS: ("threads", 500),

@@ -20,6 +20,8 @@ from tests.conftest import ROOT, Processes, process_env, wait_for
 
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES: dict[str, Any] = COMPOSE["services"]
+# Services that are not the gateway's own image (no `gateway` command to run as a process).
+THIRD_PARTY = ("redis", "mailpit")
 
 
 def test_redis_persists_and_never_evicts() -> None:
@@ -39,13 +41,20 @@ def test_every_queue_has_its_own_worker_service() -> None:
 
 def test_services_wait_for_a_healthy_redis_and_have_healthchecks() -> None:
     for name, service in SERVICES.items():
-        if name == "redis":
+        if name in THIRD_PARTY:
             continue
         assert service["depends_on"]["redis"]["condition"] == "service_healthy", name
         if name != "beat":
             assert "healthcheck" in service, name
     assert SERVICES["api"]["command"][:2] == ["gateway", "api"]
     assert SERVICES["beat"]["command"] == ["gateway", "beat"]
+    assert "healthcheck" in SERVICES["mailpit"]
+
+
+def test_the_email_worker_sends_to_the_dev_mail_catcher() -> None:
+    worker = SERVICES["worker-email"]
+    assert worker["environment"]["SMTP_HOST"] == "${SMTP_HOST:-mailpit}"
+    assert worker["depends_on"]["mailpit"]["condition"] == "service_healthy"
 
 
 @pytest.mark.e2e
@@ -58,7 +67,7 @@ def test_each_service_command_runs_as_a_process(redis_server: str, tmp_path: Pat
     port = free_port()
     try:
         for name, service in SERVICES.items():
-            if name == "redis":
+            if name in THIRD_PARTY:
                 continue
             command = list(service["command"])
             assert command[0] == "gateway"

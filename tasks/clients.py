@@ -1,0 +1,113 @@
+"""The clients a worker process shares across all its tasks: built once, on the process loop.
+
+Built lazily on first use and again in a forked child (a prefork `files` worker's children must not
+share their parent's sockets). They are created inside a coroutine on the loop of tasks/loop.py,
+the loop every async handler of the process runs on, so connection pools never cross loops.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from gateway.settings import Settings, get_settings
+from handlers.email import SmtpConfig
+from handlers.errors import PermanentError
+from handlers.files import FileStore
+from handlers.llm import LlmConfig
+from handlers.outbound import build_client, fetch_to_file, request_limited
+from tasks import loop
+from tasks.aiohttp_transport import AiohttpTransport
+from tasks.deliveries import outbound_policy
+
+
+@dataclass(frozen=True)
+class WorkerClients:
+    """Everything a handler may be handed: configs, the shared HTTP clients, the file store."""
+
+    settings: Settings
+    smtp: SmtpConfig
+    llm: LlmConfig
+    # The LLM provider is operator-configured (often on a private address: vLLM, Ollama), so it
+    # is not put through the private-address guard; everything a caller names goes via `outbound`.
+    llm_http: httpx.AsyncClient
+    outbound: httpx.AsyncClient
+    files: FileStore
+
+    async def fetch_bytes(self, url: str, max_bytes: int) -> bytes:
+        """GET a caller-named URL through the guarded client; at most ``max_bytes`` + 1 are read."""
+        # One byte over the limit is read so the caller can tell "exactly max" from "too big".
+        response = await request_limited(self.outbound, "GET", url, max_bytes=max_bytes + 1)
+        response.raise_for_status("attachment URL")
+        if response.truncated:
+            raise PermanentError(f"the URL's body is over {max_bytes} bytes", code="too_large")
+        return response.body
+
+    def fetch_to_file(self, url: str, dest: Path, max_bytes: int) -> int:
+        """Stream a caller-named URL to ``dest`` through the guarded client, from a sync task."""
+        return loop.run(fetch_to_file(self.outbound, url, dest, max_bytes=max_bytes))
+
+
+def smtp_config(settings: Settings) -> SmtpConfig:
+    """SMTP relay settings as the email handler takes them."""
+    return SmtpConfig(
+        host=settings.smtp_host,
+        port=settings.smtp_port,
+        tls=settings.smtp_tls,
+        username=settings.smtp_username,
+        password=settings.smtp_password,
+        timeout=settings.smtp_timeout_seconds,
+        default_from=settings.mail_from,
+    )
+
+
+def llm_config(settings: Settings) -> LlmConfig:
+    """LLM provider settings as the LLM handler takes them."""
+    return LlmConfig(
+        base_url=settings.llm_base_url,
+        api_key=settings.llm_api_key,
+        default_model=settings.llm_default_model,
+        timeout=settings.llm_timeout_seconds,
+    )
+
+
+def llm_client(settings: Settings) -> httpx.AsyncClient:
+    """One keep-alive pool for every LLM call of the process; call inside the process loop.
+
+    HTTP/1.1 holds one request per connection, so the pool holds as many connections as calls in
+    flight (1000+ on one `llm` worker) and keeps them alive between jobs. The pool is aiohttp's:
+    httpcore's costs grow with the pool's size (see tasks/aiohttp_transport.py).
+    """
+    transport = AiohttpTransport(max_connections=settings.llm_max_connections)
+    return httpx.AsyncClient(transport=transport, timeout=settings.llm_timeout_seconds)
+
+
+async def _build(settings: Settings) -> WorkerClients:
+    # A coroutine so the clients are made on (and bound to) the process loop.
+    return WorkerClients(
+        settings=settings,
+        smtp=smtp_config(settings),
+        llm=llm_config(settings),
+        llm_http=llm_client(settings),
+        outbound=build_client(outbound_policy(settings)),
+        files=FileStore(settings.files_dir),
+    )
+
+
+_lock = threading.Lock()
+_clients: WorkerClients | None = None
+_pid = 0
+
+
+def get_clients() -> WorkerClients:
+    """This process's clients, built on first use and again after a fork; not from the loop."""
+    global _clients, _pid
+    with _lock:
+        if _clients is None or _pid != os.getpid():
+            _clients = loop.run(_build(get_settings()))
+            _pid = os.getpid()
+        return _clients
