@@ -9,12 +9,20 @@ from celery import signals
 from gateway.settings import get_settings
 from tasks.app import app
 from tasks.kinds import KINDS
+from tasks.queues import FILES, queue_for
 from tasks.runtime import keys, run_job, worker_redis
 from tasks.schedule import Mover
 
 
 def _register(task_name: str) -> None:
-    @app.task(name=task_name)
+    # files' work takes minutes: its own hard limit (below the visibility timeout, see settings)
+    limit = (
+        get_settings().files_task_time_limit_seconds
+        if queue_for(task_name) == FILES
+        else get_settings().default_task_time_limit_seconds
+    )
+
+    @app.task(name=task_name, time_limit=limit)
     def run(job_id: str) -> str | None:
         return run_job(job_id)
 

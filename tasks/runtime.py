@@ -31,6 +31,9 @@ from tasks.store import decode, encode, now_iso
 
 log = logging.getLogger(__name__)
 
+# More than any worker's thread count (tasks/queues.py WORKER_PROFILES).
+WORKER_REDIS_CONNECTIONS = 1100
+
 _START = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return false end
@@ -44,14 +47,22 @@ return redis.call('HGETALL', KEYS[1])
 
 @lru_cache
 def worker_redis() -> redis.Redis:
-    """This process's Redis client (redis-py pools re-connect after a fork)."""
+    """This process's Redis client (redis-py pools re-connect after a fork).
+
+    A blocking pool as large as the biggest thread pool: redis-py's default pool raises once 100
+    connections are out, which in a 1000-thread worker left jobs `running` after their work was
+    done; here a thread waits for a connection instead.
+    """
     settings = get_settings()
-    return redis.Redis.from_url(
+    pool = redis.BlockingConnectionPool.from_url(
         settings.redis_url or "redis://127.0.0.1:6379/0",
+        max_connections=WORKER_REDIS_CONNECTIONS,
+        timeout=30,
         socket_timeout=10,
         socket_connect_timeout=5,
         health_check_interval=30,
     )
+    return redis.Redis(connection_pool=pool)
 
 
 @lru_cache
