@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import random
 import socket
 from functools import lru_cache
 from typing import Any
@@ -31,12 +32,21 @@ def dumps(value: Any) -> str:
 
 
 def new_id() -> str:
-    """A random UUID4 string, built without the uuid module's per-call overhead (hot path)."""
-    raw = bytearray(os.urandom(16))
-    raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
-    raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
-    h = raw.hex()
+    """A random UUID4-shaped id: unique, not secret (every lookup by id also checks the caller).
+
+    From the process's PRNG (reseeded from os.urandom at start and after every fork) rather than a
+    getrandom syscall per id: ids are minted twice per request on the hot path.
+    """
+    bits = (_random.getrandbits(128) & _UUID4_CLEAR) | _UUID4_SET
+    h = f"{bits:032x}"
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+_random = random.Random()
+os.register_at_fork(after_in_child=_random.seed)
+# version 4 in bits 76-79, RFC 4122 variant in bits 62-63
+_UUID4_CLEAR = ~((0xF << 76) | (0x3 << 62)) & ((1 << 128) - 1)
+_UUID4_SET = (0x4 << 76) | (0x2 << 62)
 
 
 def task_message(
