@@ -84,6 +84,7 @@ def run_worker(queues: list[str], pool: str | None, concurrency: int | None, log
             loglevel,
             "--without-mingle",
             "--without-gossip",
+            "--without-heartbeat",
         ]
     )
     return 0

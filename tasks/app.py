@@ -53,6 +53,8 @@ def create_celery() -> Celery:
         task_routes=dict(ROUTES),
         task_time_limit=settings.default_task_time_limit_seconds,
         worker_send_task_events=False,
+        # no per-task rate-limit bookkeeping on the consumer thread (we set no rate limits)
+        worker_disable_rate_limits=True,
         task_send_sent_event=False,
         timezone="UTC",
         enable_utc=True,

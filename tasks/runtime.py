@@ -66,6 +66,12 @@ def worker_redis() -> redis.Redis:
 
 
 @lru_cache
+def _start_script() -> Any:
+    """The claim script, sent by its SHA (EVALSHA) rather than its text on every job."""
+    return worker_redis().register_script(_START)
+
+
+@lru_cache
 def keys() -> Keys:
     """Key names under the configured prefix."""
     return Keys(get_settings().redis_key_prefix)
@@ -91,8 +97,9 @@ def policy_for(name: str, base: RetryPolicy | None) -> RetryPolicy:
 
 def run_job(job_id: str) -> str | None:
     """Run job ``job_id`` once; returns the status it ended in (None if it was not runnable)."""
-    r = worker_redis()
-    raw = r.eval(_START, 1, keys().job(job_id), now_iso(), get_settings().job_ttl_seconds)
+    raw = _start_script()(
+        keys=[keys().job(job_id)], args=[now_iso(), get_settings().job_ttl_seconds]
+    )
     if not raw:
         log.info("job %s is unknown or already final; message dropped", job_id)
         return None
