@@ -38,6 +38,14 @@ def wait_for(check: Callable[[], Any], timeout: float = 20.0, interval: float = 
         time.sleep(interval)
 
 
+def api_ready(base: str) -> bool:
+    """Whether the API at ``base`` answers /readyz with 200 (Redis reachable too)."""
+    try:
+        return httpx.get(f"{base}/readyz", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[str]:
     """Base URL (no db) of a real Redis: REDIS_URL when set, else an embedded one."""
@@ -155,15 +163,8 @@ def live_api(
     port = free_port()
     procs.start(["api", "--port", str(port)], process_env(worker_redis_url, prefix))
     base = f"http://127.0.0.1:{port}"
-
-    def ready() -> bool:
-        try:
-            return httpx.get(f"{base}/readyz", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
     try:
-        wait_for(ready, timeout=30)
+        wait_for(lambda: api_ready(base), timeout=30)
         yield base
     finally:
         procs.stop()

@@ -22,7 +22,7 @@ from aiosmtpd.smtp import Envelope, Session
 
 from gateway.embedded import free_port
 from tasks.keys import Keys
-from tests.conftest import AUTH, Processes, process_env, wait_for
+from tests.conftest import AUTH, Processes, api_ready, process_env, wait_for
 from tests.handlers.llm_stub import LlmStub
 
 FINAL = ("succeeded", "failed", "dead")
@@ -150,15 +150,8 @@ def handler_stack(
     port = free_port()
     procs.start(["api", "--port", str(port)], env)
     base = f"http://127.0.0.1:{port}"
-
-    def ready() -> bool:
-        try:
-            return httpx.get(f"{base}/readyz", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
     try:
-        wait_for(ready, timeout=30)
+        wait_for(lambda: api_ready(base), timeout=30)
         yield HandlerStack(base, data_dir, worker_redis_url, prefix, smtp_sink, procs)
     finally:
         procs.stop()

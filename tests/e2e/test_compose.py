@@ -8,7 +8,6 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import redis
 import yaml
@@ -16,7 +15,7 @@ import yaml
 from gateway.embedded import free_port
 from tasks.protocol import task_message
 from tasks.queues import QUEUES
-from tests.conftest import ROOT, Processes, process_env, wait_for
+from tests.conftest import ROOT, Processes, api_ready, process_env, wait_for
 
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES: dict[str, Any] = COMPOSE["services"]
@@ -77,7 +76,7 @@ def test_each_service_command_runs_as_a_process(redis_server: str, tmp_path: Pat
             env = process_env(url, prefix, DATA_DIR=str(tmp_path / "data"))
             procs.start(command[1:], env)
 
-        wait_for(lambda: _ready(port), timeout=60)
+        wait_for(lambda: api_ready(f"http://127.0.0.1:{port}"), timeout=60)
         # a task on every queue: each worker service must take the one on its own queue
         ids = {}
         for queue in QUEUES:
@@ -96,10 +95,3 @@ def test_each_service_command_runs_as_a_process(redis_server: str, tmp_path: Pat
     finally:
         procs.stop()
         client.close()
-
-
-def _ready(port: int) -> bool:
-    try:
-        return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 
 from gateway.embedded import free_port
-from tests.conftest import ROOT, wait_for
+from tests.conftest import ROOT, api_ready, wait_for
 
 
 def descendants(pid: int) -> set[int]:
@@ -58,14 +58,7 @@ def test_dev_starts_everything_and_ctrl_c_stops_it_all(tmp_path: Path) -> None:
     )
     base = f"http://127.0.0.1:{port}"
     try:
-
-        def ready() -> bool:
-            try:
-                return httpx.get(f"{base}/readyz", timeout=1).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_for(ready, timeout=60)
+        wait_for(lambda: api_ready(base), timeout=60)
         task_id = httpx.get(f"{base}/add/2/5", timeout=5).json()["task_id"]
         done = wait_for(
             lambda: (
