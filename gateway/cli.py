@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.choices["api"].add_argument("--workers", type=int, default=1, help="uvicorn processes")
     worker = sub.add_parser("worker", help="a Celery worker for one or more queues")
     worker.add_argument("queues", nargs="+", choices=QUEUES)
-    worker.add_argument("--pool", choices=("threads", "prefork", "solo"))
+    worker.add_argument("--pool", choices=("loop", "threads", "prefork", "solo"))
     worker.add_argument("--concurrency", type=int)
     worker.add_argument("--loglevel", default="info")
     sub.add_parser("beat", help="the periodic scheduler")
@@ -63,11 +63,15 @@ def run_worker(queues: list[str], pool: str | None, concurrency: int | None, log
 
     default_pool, default_concurrency = WORKER_PROFILES[queues[0]]
     pool = pool or default_pool
-    if pool == "threads":
+    if pool in ("threads", "loop"):
         # Hundreds of pool threads each hop on and off the GIL for every Redis round trip; at the
         # default 5 ms switch interval those hops, not the CPU, held an llm worker to ~100 jobs/s
         # (bench/README.md). A shorter interval lets I/O-bound threads take their turn promptly.
         sys.setswitchinterval(THREADS_SWITCH_INTERVAL)
+    if pool == "loop":
+        # Celery resolves a configured worker_pool by its import path (tasks/pool.py)
+        app.conf.worker_pool = "tasks.pool:LoopPool"
+        pool = "prefork"  # the CLI's default: it then takes app.conf.worker_pool
     concurrency = concurrency or default_concurrency or (os.cpu_count() or 1)
     app.worker_main(
         [

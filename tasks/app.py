@@ -48,6 +48,8 @@ def create_celery() -> Celery:
             "visibility_timeout": settings.visibility_timeout_seconds,
         },
         broker_connection_retry_on_startup=True,
+        # kombu's Redis transport minus a client per call and a round trip per ack (tasks/broker.py)
+        broker_transport="tasks.broker:Transport",
         task_default_queue=DEFAULT,
         task_queues=[Queue(name) for name in QUEUES],
         task_routes=dict(ROUTES),

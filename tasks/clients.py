@@ -8,7 +8,6 @@ the loop every async handler of the process runs on, so connection pools never c
 from __future__ import annotations
 
 import os
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,16 +97,22 @@ async def _build(settings: Settings) -> WorkerClients:
     )
 
 
-_lock = threading.Lock()
-_clients: WorkerClients | None = None
-_pid = 0
+_clients: tuple[int, WorkerClients] | None = None
+
+
+async def _get_or_build() -> WorkerClients:
+    # Runs on the loop thread without awaiting between the check and the assignment, so the
+    # clients are built once without a thread lock: a lock held across `loop.run` would deadlock
+    # the loop pool, whose tasks are greenlets on that one thread.
+    global _clients
+    if _clients is None or _clients[0] != os.getpid():
+        _clients = (os.getpid(), await _build(get_settings()))
+    return _clients[1]
 
 
 def get_clients() -> WorkerClients:
     """This process's clients, built on first use and again after a fork; not from the loop."""
-    global _clients, _pid
-    with _lock:
-        if _clients is None or _pid != os.getpid():
-            _clients = loop.run(_build(get_settings()))
-            _pid = os.getpid()
-        return _clients
+    clients = _clients
+    if clients is not None and clients[0] == os.getpid():
+        return clients[1]
+    return loop.run(_get_or_build())

@@ -16,6 +16,7 @@ from redis.client import Pipeline
 from gateway.settings import Settings
 from handlers.outbound import OutboundPolicy
 from tasks.keys import Keys
+from tasks.pipelined import Commands
 from tasks.protocol import dumps, task_message
 from tasks.queues import CALLBACKS
 from tasks.retry import RetryPolicy
@@ -77,7 +78,7 @@ def job_event(job: dict[str, Any], status: str, result: Any, error: Any) -> dict
 
 
 def add_delivery(
-    pipe: Pipeline,
+    pipe: Pipeline | Commands,
     keys: Keys,
     *,
     url: str,

@@ -1,16 +1,24 @@
 """One asyncio event loop per worker process, on its own thread, for handlers that are coroutines.
 
-Celery 5 has no async tasks. Pool threads hand coroutines to this loop and wait on the future, so
-one process holds many network calls in flight on one loop and one shared HTTP client.
+Celery 5 has no async tasks. Sync task code waits on a coroutine with `run()`, which works in any
+pool: from a pool thread it hands the coroutine to the loop and waits on the future; inside a task
+of the loop pool (tasks/pool.py), which runs tasks as greenlets on the loop thread itself, it
+switches back to the loop, which awaits the coroutine while other tasks run. Either way one process
+holds many network calls in flight on one loop and one shared HTTP client.
+
+The greenlet bridge is SQLAlchemy's (`greenlet_spawn` / `await_only`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import threading
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
+
+from greenlet import getcurrent, greenlet
 
 T = TypeVar("T")
 
@@ -31,5 +39,33 @@ def get_loop() -> asyncio.AbstractEventLoop:
 
 
 def run(coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
-    """Run ``coro`` on the process loop and wait for its result from a pool thread."""
+    """Run ``coro`` on the process loop and wait for its result (from any sync task code)."""
+    current = getcurrent()
+    if isinstance(current, _TaskGreenlet):
+        if timeout is not None:
+            return current.driver.switch(asyncio.wait_for(coro, timeout))  # type: ignore[no-any-return]
+        return current.driver.switch(coro)  # type: ignore[no-any-return]
     return asyncio.run_coroutine_threadsafe(coro, get_loop()).result(timeout)
+
+
+class _TaskGreenlet(greenlet):  # type: ignore[misc]
+    """Sync code running on the loop thread; its driver is the coroutine awaiting on its behalf."""
+
+    def __init__(self, fn: Callable[..., Any], driver: greenlet) -> None:
+        super().__init__(fn, driver)
+        self.driver = driver
+
+
+async def greenlet_spawn(fn: Callable[..., T], *args: Any) -> T:
+    """Run sync ``fn`` in a greenlet on this loop, awaiting what it hands over, until it returns."""
+    task = _TaskGreenlet(fn, getcurrent())
+    handed: Any = task.switch(*args)
+    while not task.dead:
+        try:
+            value = await handed
+        except BaseException:
+            handed = task.throw(*sys.exc_info())
+        else:
+            handed = task.switch(value)
+    result: T = handed
+    return result

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from collections.abc import Mapping
 from typing import Any
 
 import hiredis
@@ -65,6 +66,35 @@ class _Protocol(asyncio.Protocol):
             self.transport.abort()
 
 
+class Commands:
+    """Redis commands gathered for one ``PipelinedRedis.transaction``.
+
+    The methods are spelled like the redis-py pipeline methods that code shared with redis-py
+    callers uses (tasks/deliveries.py add_delivery), so either can collect the same writes.
+    """
+
+    def __init__(self) -> None:
+        self.items: list[tuple[Any, ...]] = []
+
+    def hset(self, key: str, *, mapping: Mapping[Any, Any]) -> None:
+        self.items.append(("HSET", key, *(part for pair in mapping.items() for part in pair)))
+
+    def expire(self, key: str, seconds: int) -> None:
+        self.items.append(("EXPIRE", key, seconds))
+
+    def persist(self, key: str) -> None:
+        self.items.append(("PERSIST", key))
+
+    def lpush(self, key: str, *values: Any) -> None:
+        self.items.append(("LPUSH", key, *values))
+
+    def rpush(self, key: str, *values: Any) -> None:
+        self.items.append(("RPUSH", key, *values))
+
+    def zadd(self, key: str, mapping: Mapping[Any, float]) -> None:
+        self.items.append(("ZADD", key, *(part for m, v in mapping.items() for part in (v, m))))
+
+
 class PipelinedRedis:
     """One Redis connection shared by every caller of a process (re-opened after a failure)."""
 
@@ -99,6 +129,21 @@ class PipelinedRedis:
         except NoScriptError:
             await self.execute("SCRIPT", "LOAD", script)
             return await self.execute("EVALSHA", sha, len(keys), *keys, *args)
+
+    async def transaction(self, commands: Commands) -> list[Any]:
+        """MULTI, ``commands``, EXEC; returns EXEC's replies or raises the first error."""
+        # written back to back with no await in between: no other caller's command lands inside
+        protocol = self._protocol
+        if protocol is None or protocol.closed:
+            protocol = await self._connect()
+        sent = [self._send(protocol, ("MULTI",))]
+        sent += [self._send(protocol, command) for command in commands.items]
+        sent.append(self._send(protocol, ("EXEC",)))
+        replies = await asyncio.gather(*sent, return_exceptions=True)
+        for reply in replies:
+            if isinstance(reply, BaseException):
+                raise reply
+        return list(replies[-1])  # type: ignore[arg-type]
 
     async def close(self) -> None:
         """Close the connection; calls still waiting fail with ConnectionError."""

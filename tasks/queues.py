@@ -40,8 +40,8 @@ THREADS_SWITCH_INTERVAL: Final = 0.0005
 WORKER_PROFILES: Final[dict[str, tuple[str, int]]] = {
     DEFAULT: ("threads", 16),
     WEBHOOKS: ("threads", 64),
-    EMAIL: ("threads", 1000),
-    LLM: ("threads", 1000),
+    EMAIL: ("loop", 1000),
+    LLM: ("loop", 1000),
     FILES: ("prefork", 0),  # 0: one process per CPU core
     CALLBACKS: ("threads", 500),
 }

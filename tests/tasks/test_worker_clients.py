@@ -106,5 +106,5 @@ def test_clients_are_built_once_per_process_on_the_process_loop(
         return asyncio.get_running_loop() is loop.get_loop()
 
     assert loop.run(same_loop())
-    monkeypatch.setattr(clients, "_pid", -1)  # as if this were a forked child
+    monkeypatch.setattr(clients, "_clients", (-1, first))  # as if this were a forked child
     assert clients.get_clients() is not first
