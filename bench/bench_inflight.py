@@ -217,17 +217,20 @@ def main() -> int:
         started = time.monotonic()
         peak_kb = 0
         done = 0
-        while done < len(ids):
+        waiting = list(ids)  # only the jobs not seen finished yet are polled again
+        while waiting:
             if worker.poll() is not None:
                 raise SystemExit("the worker exited; see var/bench_inflight_worker.log")
             if time.monotonic() - started > 60 + 3 * args.jobs / TARGET_RATE:
                 raise SystemExit(f"only {done}/{len(ids)} jobs finished in time")
-            time.sleep(0.5)
+            time.sleep(1.0)
             peak_kb = max(peak_kb, vm_hwm_kb(worker.pid))
             with r.pipeline(transaction=False) as pipe:
-                for job_id in ids:
+                for job_id in waiting:
                     pipe.hget(keys.job(job_id), "finished_at")
-                done = sum(1 for v in pipe.execute() if v)
+                finished = pipe.execute()
+            waiting = [job_id for job_id, at in zip(waiting, finished, strict=True) if not at]
+            done = len(ids) - len(waiting)
         peak_kb = max(peak_kb, vm_hwm_kb(worker.pid))
         worker_cpu = cpu_seconds(worker.pid)
         with r.pipeline(transaction=False) as pipe:

@@ -7,9 +7,11 @@ import math
 import time
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
+from functools import lru_cache
 from typing import Any, Literal
 
 import httpx
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from handlers.errors import PermanentError, TransientError
@@ -88,6 +90,12 @@ def completions_url(base_url: str) -> str:
     return f"{base}/v1/chat/completions"
 
 
+@lru_cache(maxsize=16)
+def _parsed_completions_url(base_url: str) -> httpx.URL:
+    # parsed once: httpx parses a string URL on every request, a tenth of a call's CPU at 500/s
+    return httpx.URL(completions_url(base_url))
+
+
 def parse_retry_after(headers: httpx.Headers, cap: float) -> float | None:
     """Read Retry-After (seconds or HTTP date, or retry-after-ms) as seconds, clamped to cap."""
     seconds: float | None = None
@@ -161,13 +169,16 @@ async def call_llm(job: LlmJob, config: LlmConfig, client: httpx.AsyncClient) ->
     if not model:
         raise PermanentError("no model given and no default configured", code="llm_no_model")
     secret = config.api_key.get_secret_value() if config.api_key else None
-    headers = {"Authorization": f"Bearer {secret}"} if secret else {}
+    # the body encoded by orjson: stdlib json (httpx's json=) was a measurable share of a call
+    headers = {"Content-Type": "application/json"}
+    if secret:
+        headers["Authorization"] = f"Bearer {secret}"
     timeout = job.timeout or config.timeout
     started = time.perf_counter()
     try:
         response = await client.post(
-            completions_url(config.base_url),
-            json=_request_body(job, model),
+            _parsed_completions_url(config.base_url),
+            content=orjson.dumps(_request_body(job, model)),
             headers=headers,
             timeout=timeout,
         )
