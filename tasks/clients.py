@@ -18,9 +18,8 @@ from handlers.email import SmtpConfig
 from handlers.errors import PermanentError
 from handlers.files import FileStore
 from handlers.llm import LlmConfig
-from handlers.outbound import build_client, fetch_to_file, request_limited
+from handlers.outbound import AiohttpTransport, build_client, fetch_to_file, request_limited
 from tasks import loop
-from tasks.aiohttp_transport import AiohttpTransport
 from tasks.deliveries import outbound_policy
 
 
@@ -79,7 +78,7 @@ def llm_client(settings: Settings) -> httpx.AsyncClient:
 
     HTTP/1.1 holds one request per connection, so the pool holds as many connections as calls in
     flight (1000+ on one `llm` worker) and keeps them alive between jobs. The pool is aiohttp's:
-    httpcore's costs grow with the pool's size (see tasks/aiohttp_transport.py).
+    httpcore's costs grow with the pool's size (see handlers/outbound/aiohttp_transport.py).
     """
     transport = AiohttpTransport(max_connections=settings.llm_max_connections)
     return httpx.AsyncClient(transport=transport, timeout=settings.llm_timeout_seconds)

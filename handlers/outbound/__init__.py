@@ -1,11 +1,13 @@
 """The one guarded outbound HTTP client (DESIGN promise 4) that every request goes through.
 
-policy.py    OutboundPolicy, the address classifier, check_url (submit time)
-client.py    build_client: a network backend that checks the address it dials (connect time)
-transfer.py  request_limited / post_limited / fetch_to_file: bounded reads, errors mapped
+policy.py             OutboundPolicy, the address classifier, check_url (submit time)
+client.py             build_client: a resolver that returns only checked addresses (connect time)
+aiohttp_transport.py  httpx's API over aiohttp's pool; IP literals go through the resolver too
+transfer.py           request_limited / post_limited / fetch_to_file: bounded reads, errors mapped
 """
 
-from handlers.outbound.client import GuardedClient, GuardedNetworkBackend, build_client
+from handlers.outbound.aiohttp_transport import AiohttpTransport
+from handlers.outbound.client import GuardedClient, GuardedResolver, build_client
 from handlers.outbound.policy import (
     OutboundPolicy,
     Resolver,
@@ -25,8 +27,9 @@ from handlers.outbound.transfer import (
 )
 
 __all__ = [
+    "AiohttpTransport",
     "GuardedClient",
-    "GuardedNetworkBackend",
+    "GuardedResolver",
     "OutboundPolicy",
     "OutboundResponse",
     "Resolver",

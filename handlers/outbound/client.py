@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
+import socket
 import ssl
-from collections.abc import Iterable
 
-import httpcore
 import httpx
+from aiohttp.abc import AbstractResolver, ResolveResult
 
+from handlers.outbound.aiohttp_transport import AiohttpTransport
 from handlers.outbound.policy import (
     OutboundPolicy,
     Resolver,
@@ -17,76 +17,58 @@ from handlers.outbound.policy import (
     resolve_checked,
 )
 
+# httpx's default keep-alive expiry, which this client had over httpcore: receivers are arbitrary
+# servers, and many close idle connections after about 5 s (Node's default), so a longer expiry
+# would mostly reuse connections the other side has already dropped.
+KEEPALIVE_EXPIRY = 5.0
 
-class GuardedNetworkBackend(httpcore.AsyncNetworkBackend):
-    """Resolves each host itself, refuses blocked answers, and dials only the checked IP literal.
+
+class GuardedResolver(AbstractResolver):
+    """aiohttp's resolver for the guarded pool: only addresses the policy allows are returned.
 
     Checking the name at submit time is not enough: DNS may answer differently when the worker
-    connects (rebinding). Dialling the literal we just checked closes that window. TLS is not
-    affected: httpcore passes the URL's hostname to ``start_tls(server_hostname=...)`` itself
-    (``httpcore/_async/connection.py``), so SNI and certificate checks still use the name.
+    connects (rebinding). aiohttp dials exactly the addresses a resolver returns, so returning
+    only checked ones closes that window. TLS is not affected: aiohttp takes SNI and the name the
+    certificate is checked against from the URL's host, never from the resolved address
+    (``TCPConnector._create_direct_connection``). aiohttp skips the resolver for IP literals;
+    AiohttpTransport asks it for those itself, so literals are checked here too.
+
+    aiohttp caches answers (``ttl_dns_cache``, 10 s by default) and shares one lookup between
+    concurrent connects to a host. Both are safe: an answer is cached only after it passed the
+    check, and a refused name raises, so nothing is cached for it.
     """
 
-    def __init__(
-        self,
-        policy: OutboundPolicy,
-        *,
-        resolver: Resolver | None = None,
-        backend: httpcore.AsyncNetworkBackend | None = None,
-    ) -> None:
+    def __init__(self, policy: OutboundPolicy, resolver: Resolver | None = None) -> None:
         self._policy = policy
         self._resolver = resolver
-        self._backend = backend or httpcore.AnyIOBackend()
 
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,  # noqa: ASYNC109 - httpcore's backend interface
-        local_address: str | None = None,
-        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        """Resolve and check ``host``, then connect to its first reachable allowed address."""
-        loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + timeout
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        """Resolve and check ``host``: every answer allowed, or UrlRejected / OSError."""
         try:
-            # A blocked answer raises UrlRejected, which httpx passes through unmapped.
+            # A blocked answer raises UrlRejected, which aiohttp and httpx pass through unmapped.
             addresses = await resolve_checked(host, port, self._policy, self._resolver)
         except UrlRejected as exc:
             if exc.code != "url_unresolvable":
                 raise
             # The name passed at submit time; failing now is more likely a DNS outage than a
-            # bad URL, so it becomes a connect error and the delivery is retried.
-            raise httpcore.ConnectError(exc.detail) from None
-        error: Exception = httpcore.ConnectError(f"no address to connect to for {host!r}")
-        for ip in addresses:
-            remaining = None if deadline is None else deadline - loop.time()
-            if remaining is not None and remaining <= 0:
-                raise httpcore.ConnectTimeout(f"connect to {host!r} timed out")
-            try:
-                return await self._backend.connect_tcp(
-                    str(ip),
-                    port,
-                    timeout=remaining,
-                    local_address=local_address,
-                    socket_options=socket_options,
-                )
-            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
-                error = exc
-        raise error
+            # bad URL, so it becomes a connect error (aiohttp maps OSError) and is retried.
+            raise OSError(exc.detail) from None
+        return [
+            {
+                "hostname": host,
+                "host": str(ip),
+                "port": port,
+                "family": socket.AF_INET6 if ip.version == 6 else socket.AF_INET,
+                "proto": 0,
+                "flags": 0,
+            }
+            for ip in addresses
+        ]
 
-    async def connect_unix_socket(
-        self,
-        path: str,
-        timeout: float | None = None,  # noqa: ASYNC109 - httpcore's backend interface
-        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        """Refuse: a unix socket is always local, so never an outbound destination."""
-        raise httpcore.ConnectError("unix sockets are not outbound destinations")
-
-    async def sleep(self, seconds: float) -> None:
-        """Sleep on the wrapped backend (used by httpcore between connect retries)."""
-        await self._backend.sleep(seconds)
+    async def close(self) -> None:
+        """Nothing to release: lookups go through the event loop or the injected resolver."""
 
 
 class GuardedTransport(httpx.AsyncBaseTransport):
@@ -128,20 +110,16 @@ def build_client(
     resolver: Resolver | None = None,
     ssl_context: ssl.SSLContext | None = None,
 ) -> httpx.AsyncClient:
-    """Build the guarded client: checked connects, policy timeouts, no redirects, no env proxies."""
-    limits = httpx.Limits(
-        max_connections=policy.max_connections,
-        max_keepalive_connections=policy.max_keepalive_connections,
-    )
-    ctx = ssl_context if ssl_context is not None else httpx.create_ssl_context()
-    transport = httpx.AsyncHTTPTransport(verify=ctx, limits=limits, trust_env=False)
-    # httpx 0.28's AsyncHTTPTransport takes no network backend, so its pool is replaced by one
-    # built with the same settings plus ours (the fields mirror AsyncHTTPTransport.__init__).
-    transport._pool = httpcore.AsyncConnectionPool(
-        ssl_context=ctx,
-        max_connections=limits.max_connections,
-        max_keepalive_connections=limits.max_keepalive_connections,
-        keepalive_expiry=limits.keepalive_expiry,
-        network_backend=GuardedNetworkBackend(policy, resolver=resolver),
+    """Build the guarded client: checked connects, policy timeouts, no redirects, no env proxies.
+
+    Call it inside a coroutine on the loop that will use the client: aiohttp binds its pool there.
+    """
+    transport = AiohttpTransport(
+        # 0 is aiohttp's "no limit", what the policy's None means
+        max_connections=policy.max_connections or 0,
+        keepalive_expiry=KEEPALIVE_EXPIRY,
+        resolver=GuardedResolver(policy, resolver),
+        # httpx's context (certifi's roots), the trust store this client has always used
+        ssl_context=ssl_context if ssl_context is not None else httpx.create_ssl_context(),
     )
     return GuardedClient(policy, GuardedTransport(policy, transport))

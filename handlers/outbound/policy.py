@@ -79,8 +79,8 @@ class OutboundPolicy(BaseModel):
     # Redirects are never followed: a 3xx could point anywhere, including inside the network.
     max_redirects: int = Field(default=0, ge=0, le=0)
     # None: no pool-wide cap, so 1000+ concurrent deliveries in one process never queue on the pool.
+    # (aiohttp's pool keeps no separate cap on idle connections; they close after 5 s unused.)
     max_connections: int | None = None
-    max_keepalive_connections: int = 100
 
     @field_validator("allow_hosts")
     @classmethod

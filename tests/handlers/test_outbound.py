@@ -11,6 +11,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, TypeVar
@@ -19,6 +20,7 @@ import httpx
 import pytest
 import respx
 
+from handlers.delivery import signed_headers
 from handlers.errors import PermanentError, TransientError
 from handlers.outbound import (
     OutboundPolicy,
@@ -107,6 +109,7 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
         self.server.requests.append(f"POST {self.path} {body.decode()}")
+        self.server.received.append((self.headers, body))
         self._ok(b"thanks")
 
     def _ok(self, body: bytes) -> None:
@@ -122,6 +125,7 @@ class Server(ThreadingHTTPServer):
     def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), Handler)
         self.requests: list[str] = []
+        self.received: list[tuple[Message, bytes]] = []
         self.sent = 0
         self.done = threading.Event()
 
@@ -384,6 +388,90 @@ def test_dns_rebinding_between_submit_and_connect_is_refused(server: Server) -> 
     assert server.requests == []
 
 
+def recording(*answers: str) -> tuple[list[str], Callable[[str, int], Awaitable[list[str]]]]:
+    asked: list[str] = []
+
+    async def resolve(host: str, port: int) -> list[str]:
+        asked.append(host)
+        return list(answers)
+
+    return asked, resolve
+
+
+@pytest.mark.parametrize(
+    "host",
+    ["127.0.0.1", "[::1]", "169.254.169.254", "10.0.0.1", "0.0.0.0", "[::ffff:127.0.0.1]"],
+)
+def test_ip_literals_are_checked_at_connect_time(server: Server, host: str) -> None:
+    # aiohttp dials an IP literal without asking its resolver; the transport must check it anyway.
+    # The injected DNS would answer the live receiver, so a literal that slipped through to a
+    # lookup would be dialled there; a literal is never looked up at all.
+    asked, resolver = recording("127.0.0.1")
+    with pytest.raises(UrlRejected) as info:
+        get(f"http://{host}:{server.port}/", OutboundPolicy(allow_http=True), resolver)
+    assert info.value.code == "url_blocked_address"
+    assert asked == []
+    assert server.requests == []
+
+
+@pytest.mark.parametrize(
+    "answers",
+    [["127.0.0.1"], ["10.0.0.7"], ["8.8.8.8", "127.0.0.1"], ["::1"], ["::ffff:127.0.0.1"]],
+)
+def test_a_name_resolving_to_a_blocked_address_is_refused_at_connect_time(
+    server: Server, answers: list[str]
+) -> None:
+    asked, resolver = recording(*answers)
+    with pytest.raises(UrlRejected) as info:
+        get(f"http://callback.test:{server.port}/", OutboundPolicy(allow_http=True), resolver)
+    assert info.value.code == "url_blocked_address"
+    assert asked == ["callback.test"]
+    assert server.requests == []
+
+
+def test_an_allowed_receiver_gets_the_body_and_headers_intact(server: Server) -> None:
+    body = '{"type":"job.done","text":"h\u00e9llo \u2713"}'.encode()
+    headers = signed_headers([b"k" * 32], "msg_2b9c", body, timestamp=1_700_000_000)
+    headers["x-trace"] = "a, b"
+
+    async def go() -> Any:
+        async with build_client(LOOPBACK, resolver=fixed("127.0.0.1")) as client:
+            url = f"http://callback.test:{server.port}/cb?x=1%2F2"
+            return await post_limited(client, url, content=body, headers=headers)
+
+    assert run(go()).body == b"thanks"
+    [(received, received_body)] = server.received
+    assert received_body == body
+    assert server.requests == [f"POST /cb?x=1%2F2 {body.decode()}"]
+    for name, value in headers.items():
+        assert received.get_all(name) == [value]
+    assert received.get_all("host") == [f"callback.test:{server.port}"]
+    assert received.get_all("content-length") == [str(len(body))]
+    assert received.get_all("accept-encoding") == ["identity"]
+    assert "cookie" not in received
+
+
+def test_proxies_from_the_environment_are_ignored(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    proxy = Server()
+    thread = threading.Thread(target=proxy.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+            monkeypatch.setenv(name, f"http://127.0.0.1:{proxy.port}")
+        for name in ("NO_PROXY", "no_proxy"):
+            monkeypatch.delenv(name, raising=False)
+        result = get(f"http://callback.test:{server.port}/p", LOOPBACK, fixed("127.0.0.1"))
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+        thread.join(5)
+    assert result.status_code == 200
+    assert server.requests == ["GET /p"]
+    assert proxy.requests == []
+
+
 def test_the_checked_address_is_the_one_dialled(server: Server) -> None:
     # The resolver answers loopback; no system resolver is asked, so the name need not exist.
     result = get(f"http://callback.invalid:{server.port}/", LOOPBACK, fixed("127.0.0.1"))
@@ -440,6 +528,19 @@ def test_hanging_server_times_out_quickly(silent_port: int) -> None:
     with pytest.raises(TransientError) as info:
         get(f"http://127.0.0.1:{silent_port}/", policy)
     assert info.value.code == "timeout"
+    assert time.monotonic() - started < 3
+
+
+def test_a_silent_receiver_raises_httpx_timeout(silent_port: int) -> None:
+    policy = LOOPBACK.model_copy(update={"timeout": 0.3})
+
+    async def go() -> None:
+        async with build_client(policy) as client:
+            await client.post(f"http://127.0.0.1:{silent_port}/cb", content=b"{}")
+
+    started = time.monotonic()
+    with pytest.raises(httpx.TimeoutException):
+        run(go())
     assert time.monotonic() - started < 3
 
 

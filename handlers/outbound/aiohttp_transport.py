@@ -1,20 +1,25 @@
-"""httpx's client API over aiohttp's connection pool, for the LLM client's 1000+ calls in flight.
+"""httpx's client API over aiohttp's connection pool, for 1000+ calls in flight in one process.
 
 httpcore's pool walks every connection for every request it queues or releases, so its cost per
 request grows with the number of open connections: on this project's 2-core bench, 1000
 concurrent calls through one httpx.AsyncClient completed ~110 calls/s against a 2 s stub, where
-the same calls through aiohttp's pool completed ~460/s (bench/README.md). Handlers keep speaking
+the same calls through aiohttp's pool completed ~460/s (bench/README.md). Callers keep speaking
 httpx (and keep their respx tests); only the pool underneath changes. aiohttp errors are mapped to
-httpx's, so a handler's ``except httpx.TimeoutException`` / ``httpx.TransportError`` still holds.
+httpx's, so a caller's ``except httpx.TimeoutException`` / ``httpx.TransportError`` still holds.
+Both the LLM client and the guarded outbound client (client.py) send through it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ssl
 from collections.abc import AsyncIterator, Iterator
 
 import aiohttp
 import httpx
+from aiohttp.abc import AbstractResolver
+from aiohttp.helpers import is_ip_address
+from yarl import URL
 
 _READ_CHUNK = 64 * 1024
 
@@ -53,6 +58,7 @@ class _ResponseBody(httpx.AsyncByteStream):
                 yield chunk
 
     async def aclose(self) -> None:
+        # A body left unread closes the connection rather than draining it into the pool.
         self._response.release()
 
 
@@ -60,21 +66,47 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
     """An httpx transport that sends over one aiohttp session (HTTP/1.1, keep-alive pool).
 
     Build it inside a coroutine on the loop that will use it: aiohttp binds its session there.
-    Redirects are not followed and bodies are not decompressed here; httpx does both (or not) as
-    it would over its own transport.
+    Redirects are not followed, bodies are not decompressed and cookies are not kept here; httpx
+    does each (or not) as it would over its own transport.
+
+    ``resolver`` is asked for every host, IP literals included: aiohttp dials a literal without
+    asking its resolver, so this transport asks it first (and dials the literal as written). A
+    resolver that refuses addresses therefore sees every destination. ``max_connections=0`` is
+    aiohttp's "no limit".
     """
 
-    def __init__(self, *, max_connections: int, keepalive_expiry: float = 30.0) -> None:
+    def __init__(
+        self,
+        *,
+        max_connections: int,
+        keepalive_expiry: float = 30.0,
+        resolver: AbstractResolver | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         connector = aiohttp.TCPConnector(
-            limit=max_connections, limit_per_host=0, keepalive_timeout=keepalive_expiry
+            limit=max_connections,
+            limit_per_host=0,
+            keepalive_timeout=keepalive_expiry,
+            resolver=resolver,
+            ssl=ssl_context if ssl_context is not None else True,
         )
-        # trust_env off: the provider URL is operator-set; proxies belong in that URL's network.
+        self._resolver = resolver
+        # trust_env off: a proxy from the environment would be dialled instead of the
+        # destination, past any resolver's checks; a proxy belongs in the URL's own network.
         self._session = aiohttp.ClientSession(
-            connector=connector, auto_decompress=False, trust_env=False, timeout=_NO_TIMEOUT
+            connector=connector,
+            auto_decompress=False,
+            trust_env=False,
+            timeout=_NO_TIMEOUT,
+            cookie_jar=aiohttp.DummyCookieJar(),
         )
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         """Send ``request`` and return as soon as the status and headers are in."""
+        # encoded=True: the URL is sent exactly as httpx built and percent-encoded it.
+        url = URL(str(request.url), encoded=True)
+        if self._resolver is not None and url.raw_host and is_ip_address(url.raw_host):
+            await _ask_resolver(self._resolver, url.raw_host, url.port or 0, request)
         timeouts = request.extensions.get("timeout", {})
         timeout = aiohttp.ClientTimeout(
             total=None,
@@ -86,7 +118,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         with _mapped(request):
             response = await self._session.request(
                 request.method,
-                str(request.url),
+                url,
                 headers=request.headers.multi_items(),
                 data=body or None,
                 allow_redirects=False,
@@ -105,6 +137,19 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
     async def aclose(self) -> None:
         """Close the session and its connections."""
         await self._session.close()
+
+
+async def _ask_resolver(
+    resolver: AbstractResolver, host: str, port: int, request: httpx.Request
+) -> None:
+    # Called for exactly the hosts aiohttp will not resolve (is_ip_address is its own test for
+    # that). The answer is not needed, a literal is its own address: what matters is that the
+    # resolver may refuse it.
+    try:
+        await resolver.resolve(host, port)
+    except OSError as exc:
+        # aiohttp turns a resolver's OSError into a connect error; so does this.
+        raise httpx.ConnectError(str(exc), request=request) from exc
 
 
 _NO_TIMEOUT = aiohttp.ClientTimeout(total=None)
