@@ -46,6 +46,10 @@ def create_celery() -> Celery:
             # twice; retry delays never ride on ETA/countdown, so it need not cover them
             # (tasks/schedule.py).
             "visibility_timeout": settings.visibility_timeout_seconds,
+            # Look for messages of dead workers (unacked past the visibility timeout) every 10 s;
+            # kombu's default scans only every 10th sweep, about every 100 s.
+            "unacked_restore_interval": 10,
+            "unacked_restore_throttle": 1,
         },
         broker_connection_retry_on_startup=True,
         # kombu's Redis transport minus a client per call and a round trip per ack (tasks/broker.py)

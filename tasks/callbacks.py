@@ -27,9 +27,10 @@ from tasks.deliveries import (
     claim,
     outbound_policy,
 )
+from tasks.pipelined import Commands
 from tasks.protocol import task_message
 from tasks.queues import CALLBACKS
-from tasks.runtime import keys, policy_for, worker_redis
+from tasks.runtime import fast_redis, keys, policy_for
 from tasks.store import encode, now_iso
 
 _client: tuple[int, httpx.AsyncClient] | None = None
@@ -50,8 +51,10 @@ def signing_keys() -> list[bytes]:
 
 def run_delivery(delivery_id: str) -> str | None:
     """Make one attempt of delivery ``delivery_id``; returns its status afterwards."""
-    r, k = worker_redis(), keys()
-    record = claim(r, k, delivery_id)
+    k = keys()
+    # Redis through the process loop's pipelined connection: in the loop pool a blocking call
+    # would hold up every delivery in flight (tasks/pool.py)
+    record = loop.run(claim(fast_redis(), k, delivery_id))
     if record is None:
         return None
     number = int(record["attempts"])
@@ -64,29 +67,29 @@ def run_delivery(delivery_id: str) -> str | None:
         status = {"delivered": "delivered", "stop": "failed", "retry": "dead"}[outcome.verdict]
     key = k.delivery(delivery_id)
     fields: dict[str, object] = {"status": status, "last_error": outcome.error}
-    with r.pipeline(transaction=True) as pipe:
-        pipe.rpush(
-            k.delivery_attempts(delivery_id),
-            attempt_record(number, outcome.status_code, outcome.latency_ms, outcome.error),
-        )
-        if status == "retrying":
-            due = time.time() + policy.delay(number, outcome.retry_after)
-            fields["next_attempt_at"] = datetime.fromtimestamp(due, UTC).isoformat()
-            message = task_message(DELIVER_TASK, delivery_id, CALLBACKS, [delivery_id])
-            pipe.zadd(k.schedule, {f"{CALLBACKS}\n{message}": due})
-        else:
-            fields["finished_at"] = now_iso()
-            fields["next_attempt_at"] = None
-        pipe.hset(key, mapping=encode(fields))
-        ttl = get_settings().job_ttl_seconds
-        if status in ("failed", "dead"):
-            pipe.persist(key)
-            pipe.persist(k.delivery_attempts(delivery_id))
-            pipe.zadd(k.dead_letters, {f"delivery:{delivery_id}": time.time()})
-        else:
-            pipe.expire(key, ttl)
-            pipe.expire(k.delivery_attempts(delivery_id), ttl)
-        pipe.execute()
+    writes = Commands()
+    writes.rpush(
+        k.delivery_attempts(delivery_id),
+        attempt_record(number, outcome.status_code, outcome.latency_ms, outcome.error),
+    )
+    if status == "retrying":
+        due = time.time() + policy.delay(number, outcome.retry_after)
+        fields["next_attempt_at"] = datetime.fromtimestamp(due, UTC).isoformat()
+        message = task_message(DELIVER_TASK, delivery_id, CALLBACKS, [delivery_id])
+        writes.zadd(k.schedule, {f"{CALLBACKS}\n{message}": due})
+    else:
+        fields["finished_at"] = now_iso()
+        fields["next_attempt_at"] = None
+    writes.hset(key, mapping=encode(fields))
+    ttl = get_settings().job_ttl_seconds
+    if status in ("failed", "dead"):
+        writes.persist(key)
+        writes.persist(k.delivery_attempts(delivery_id))
+        writes.zadd(k.dead_letters, {f"delivery:{delivery_id}": time.time()})
+    else:
+        writes.expire(key, ttl)
+        writes.expire(k.delivery_attempts(delivery_id), ttl)
+    loop.run(fast_redis().transaction(writes))
     return status
 
 

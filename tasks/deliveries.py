@@ -7,6 +7,7 @@ caller's Redis transaction, so a final job and its callback are written together
 
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
 from typing import Any
@@ -16,7 +17,7 @@ from redis.client import Pipeline
 from gateway.settings import Settings
 from handlers.outbound import OutboundPolicy
 from tasks.keys import Keys
-from tasks.pipelined import Commands
+from tasks.pipelined import Commands, PipelinedRedis
 from tasks.protocol import dumps, task_message
 from tasks.queues import CALLBACKS
 from tasks.retry import RetryPolicy
@@ -113,9 +114,12 @@ def add_delivery(
     return delivery_id
 
 
-def claim(client: Any, keys: Keys, delivery_id: str) -> dict[str, Any] | None:
+_CLAIM_SHA = hashlib.sha1(_CLAIM.encode()).hexdigest()  # noqa: S324 (Redis's script id)
+
+
+async def claim(redis: PipelinedRedis, keys: Keys, delivery_id: str) -> dict[str, Any] | None:
     """Mark an attempt as started; None when the delivery is unknown or already final."""
-    raw = client.eval(_CLAIM, 1, keys.delivery(delivery_id))
+    raw = await redis.eval_script(_CLAIM, _CLAIM_SHA, [keys.delivery(delivery_id)], [])
     if not raw:
         return None
     return decode(dict(zip(raw[::2], raw[1::2], strict=True)))

@@ -131,19 +131,24 @@ class PipelinedRedis:
             return await self.execute("EVALSHA", sha, len(keys), *keys, *args)
 
     async def transaction(self, commands: Commands) -> list[Any]:
-        """MULTI, ``commands``, EXEC; returns EXEC's replies or raises the first error."""
-        # written back to back with no await in between: no other caller's command lands inside
+        """MULTI, ``commands``, EXEC; returns EXEC's replies or raises the first error.
+
+        As in any Redis transaction, a command that fails when it runs (WRONGTYPE) does not undo
+        the others; the error is raised all the same so the caller does not carry on unaware.
+        """
         protocol = self._protocol
         if protocol is None or protocol.closed:
             protocol = await self._connect()
+        # written back to back with no await in between: no other caller's command lands inside
         sent = [self._send(protocol, ("MULTI",))]
         sent += [self._send(protocol, command) for command in commands.items]
         sent.append(self._send(protocol, ("EXEC",)))
         replies = await asyncio.gather(*sent, return_exceptions=True)
-        for reply in replies:
+        results: list[Any] = replies[-1] if isinstance(replies[-1], list) else []
+        for reply in (*replies, *results):
             if isinstance(reply, BaseException):
                 raise reply
-        return list(replies[-1])  # type: ignore[arg-type]
+        return results
 
     async def close(self) -> None:
         """Close the connection; calls still waiting fail with ConnectionError."""

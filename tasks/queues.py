@@ -46,5 +46,5 @@ WORKER_PROFILES: Final[dict[str, tuple[str, int]]] = {
     EMAIL: ("loop", 1000),
     LLM: ("loop", 1500),
     FILES: ("prefork", 0),  # 0: one process per CPU core
-    CALLBACKS: ("threads", 500),
+    CALLBACKS: ("loop", 1000),
 }

@@ -46,10 +46,14 @@ def _last_user_text(messages: list[dict[str, Any]]) -> str:
 class StubApp:
     """The ASGI app: one route, a fixed delay, an echoing completion."""
 
-    def __init__(self, delay: float) -> None:
+    def __init__(self, delay: float, hold_until: int = 0) -> None:
         self.delay = delay
+        # with hold_until, no request is answered before that many have arrived: a client that
+        # cannot hold them all in flight at once never gets an answer
+        self.hold_until = hold_until
         self.requests = 0  # read by tests; only touched on the server's event loop
         self._ids = itertools.count(1)
+        self._all_in: asyncio.Event | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -64,6 +68,12 @@ class StubApp:
             if not message.get("more_body"):
                 break
         self.requests += 1
+        if self.hold_until:
+            if self._all_in is None:
+                self._all_in = asyncio.Event()
+            if self.requests >= self.hold_until:
+                self._all_in.set()
+            await self._all_in.wait()
         try:
             body = json.loads(raw)
             text = _last_user_text(body["messages"])
@@ -107,8 +117,8 @@ async def _respond(send: Send, status: int, payload: dict[str, Any]) -> None:
 class LlmStub:
     """Runs StubApp under uvicorn in a background thread on 127.0.0.1."""
 
-    def __init__(self, delay: float | None = None, port: int = 0) -> None:
-        self.app = StubApp(_default_delay() if delay is None else delay)
+    def __init__(self, delay: float | None = None, port: int = 0, hold_until: int = 0) -> None:
+        self.app = StubApp(_default_delay() if delay is None else delay, hold_until)
         self._requested_port = port
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None

@@ -8,7 +8,7 @@ import hashlib
 import pytest
 import redis
 
-from tasks.pipelined import PipelinedRedis
+from tasks.pipelined import Commands, PipelinedRedis
 
 SCRIPT = "return redis.call('INCR', KEYS[1])"
 SHA = hashlib.sha1(SCRIPT.encode()).hexdigest()
@@ -84,3 +84,57 @@ def test_wrong_password_is_a_connection_error(quiet_redis_url: str) -> None:
 
     with pytest.raises(redis.ConnectionError):
         run(main())
+
+
+def test_a_transaction_is_atomic_among_many_concurrent_callers(quiet_redis_url: str) -> None:
+    admin = redis.Redis.from_url(quiet_redis_url)
+    admin.delete("tx:h", "tx:l", "tx:z", "tx:n")
+
+    async def main() -> None:
+        conn = PipelinedRedis(quiet_redis_url, 2.0)
+        try:
+
+            async def one(i: int) -> list[object]:
+                writes = Commands()
+                writes.hset("tx:h", mapping={f"f{i}": i})
+                writes.rpush("tx:l", i)
+                writes.zadd("tx:z", {f"m{i}": i + 0.5})
+                writes.expire("tx:h", 60)
+                return await conn.transaction(writes)
+
+            # plain commands interleaved with the transactions on the same connection
+            replies = await asyncio.gather(
+                *(one(i) for i in range(200)), *(conn.execute("INCR", "tx:n") for _ in range(200))
+            )
+            for reply in replies[:200]:
+                assert isinstance(reply, list) and len(reply) == 4  # EXEC: one reply per command
+        finally:
+            await conn.close()
+
+    run(main())
+    assert admin.hlen("tx:h") == 200 and admin.llen("tx:l") == 200
+    assert admin.zscore("tx:z", "m7") == 7.5
+    assert int(admin.get("tx:n") or 0) == 200
+    assert 0 < admin.ttl("tx:h") <= 60
+
+
+def test_a_failing_command_fails_the_transaction_and_the_connection_carries_on(
+    quiet_redis_url: str,
+) -> None:
+    admin = redis.Redis.from_url(quiet_redis_url)
+    admin.delete("tx:str", "tx:ok")
+    admin.set("tx:str", "not a list")
+
+    async def main() -> object:
+        conn = PipelinedRedis(quiet_redis_url, 2.0)
+        try:
+            writes = Commands()
+            writes.rpush("tx:str", "x")  # WRONGTYPE at EXEC
+            with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+                await conn.transaction(writes)
+            return await conn.execute("SET", "tx:ok", "1")
+        finally:
+            await conn.close()
+
+    assert run(main()) == b"OK"
+    assert admin.get("tx:ok") == b"1"
