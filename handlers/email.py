@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import re
+import socket
 import ssl
 from collections.abc import Awaitable, Callable
-from email.message import EmailMessage
-from email.utils import formatdate, getaddresses, make_msgid, parseaddr
+from email import encoders
+from email.charset import QP, Charset
+from email.header import Header
+from email.message import Message
+from email.mime.base import MIMEBase
+from email.mime.multipart import MIMEMultipart
+from email.mime.text import MIMEText
+from email.utils import formataddr, formatdate, getaddresses, make_msgid, parseaddr
 from typing import Annotated, Literal
 
 import aiosmtplib
@@ -72,6 +80,8 @@ class SmtpConfig(BaseModel):
     password: SecretStr | None = None
     timeout: float = Field(default=30.0, gt=0)
     default_from: Address
+    # the name given in EHLO; None: this host's FQDN, looked up once per process
+    local_hostname: str | None = None
     validate_certs: bool = True
 
 
@@ -186,28 +196,59 @@ async def _attachment_bytes(att: Attachment, fetch: Fetch | None, max_bytes: int
     return data
 
 
-def _build(job: EmailJob, sender: str, message_id: str, files: list[bytes]) -> EmailMessage:
-    msg = EmailMessage()
-    msg["From"] = sender
-    msg["To"] = ", ".join(job.to)
+# Bodies that are not plain ASCII go quoted-printable: readable in transit, unlike base64.
+_UTF8_QP = Charset("utf-8")
+_UTF8_QP.body_encoding = QP
+
+
+def _text_part(text: str, subtype: str) -> MIMEText:
+    return MIMEText(text, subtype, "us-ascii" if text.isascii() else _UTF8_QP)  # type: ignore[arg-type]
+
+
+def _header_text(value: str) -> str:
+    return value if value.isascii() else Header(value, "utf-8").encode()
+
+
+def _address_list(values: list[str]) -> str:
+    # display names that are not ASCII are RFC 2047 encoded; addresses are written as given
+    return ", ".join(formataddr(pair, "utf-8") for pair in getaddresses(values))
+
+
+def _build(job: EmailJob, sender: str, message_id: str, files: list[bytes]) -> Message:
+    # The email.mime classes (compat32) rather than EmailMessage: the default policy parses every
+    # header it is given, 590 us a message against 130 here, the largest share of an email job's
+    # CPU at hundreds of sends a second. Input is validated above (no CR/LF, real addresses).
+    body: Message
+    if job.text and job.html:
+        body = MIMEMultipart(
+            "alternative", _subparts=[_text_part(job.text, "plain"), _text_part(job.html, "html")]
+        )
+    elif job.text:
+        body = _text_part(job.text, "plain")
+    else:
+        body = _text_part(job.html or "", "html")
+    msg = body
+    if job.attachments:
+        msg = MIMEMultipart("mixed", _subparts=[body])
+        for att, data in zip(job.attachments, files, strict=True):
+            maintype, subtype = att.content_type.split("/", 1)
+            part = MIMEBase(maintype, subtype)
+            part.set_payload(data)
+            encoders.encode_base64(part)
+            name = att.filename if att.filename.isascii() else ("utf-8", "", att.filename)
+            part.add_header("Content-Disposition", "attachment", filename=name)
+            msg.attach(part)
+    msg["From"] = _address_list([sender])
+    msg["To"] = _address_list(job.to)
     if job.cc:
-        msg["Cc"] = ", ".join(job.cc)
+        msg["Cc"] = _address_list(job.cc)
     if job.reply_to:
-        msg["Reply-To"] = ", ".join(job.reply_to)
-    msg["Subject"] = job.subject
+        msg["Reply-To"] = _address_list(job.reply_to)
+    msg["Subject"] = _header_text(job.subject)
     msg["Date"] = formatdate(usegmt=True)
     msg["Message-ID"] = message_id
     for name, value in job.headers.items():
-        msg[name] = value
-    if job.text:
-        msg.set_content(job.text)
-        if job.html:
-            msg.add_alternative(job.html, subtype="html")
-    else:
-        msg.set_content(job.html or "", subtype="html")
-    for att, data in zip(job.attachments, files, strict=True):
-        maintype, subtype = att.content_type.split("/", 1)
-        msg.add_attachment(data, maintype=maintype, subtype=subtype, filename=att.filename)
+        msg[name] = _header_text(value)
     return msg
 
 
@@ -242,6 +283,17 @@ def _classify(exc: Exception) -> HandlerError:
     return PermanentError(f"SMTP: {_excerpt(str(exc))}", code="smtp_unsupported")
 
 
+_fqdn: str | None = None
+
+
+async def _local_hostname() -> str:
+    # aiosmtplib looks the FQDN up in a thread for every connection unless it is given one
+    global _fqdn
+    if _fqdn is None:
+        _fqdn = await asyncio.to_thread(socket.getfqdn)
+    return _fqdn
+
+
 async def send_email(
     job: EmailJob,
     config: SmtpConfig,
@@ -267,6 +319,7 @@ async def send_email(
             port=config.port,
             username=config.username,
             password=password,
+            local_hostname=config.local_hostname or await _local_hostname(),
             timeout=config.timeout,
             use_tls=config.tls == "tls",
             start_tls=config.tls == "starttls",

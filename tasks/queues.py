@@ -34,17 +34,18 @@ def queue_for(task: str) -> str:
 # GIL switch interval (s) of thread-pool workers (Python's default is 0.005); see gateway/cli.py.
 THREADS_SWITCH_INTERVAL: Final = 0.0005
 
-# How each queue's workers run by default: (pool, concurrency). email and llm wait on the network
-# for seconds per job: the loop pool (tasks/pool.py) runs their tasks as greenlets on one event
-# loop per process, so a slot costs tens of KB rather than a thread. llm holds 1500: at 1000 slots
-# a 2 s provider caps a process at 500 jobs/s however cheap the worker is (bench/README.md).
+# How each queue's workers run by default: (pool, concurrency). email, llm and callbacks wait on
+# the network for seconds per job: the loop pool (tasks/pool.py) runs their tasks as greenlets on
+# one event loop per process, a slot costing tens of KB rather than a thread. They hold 1500: with
+# 1000 slots a 2 s call caps a process at 500 jobs/s however cheap the worker is, and calls that
+# start together finish together, in waves the loop works through one by one (bench/README.md).
 # `default` and `webhooks` run short sync tasks on threads; `files` is CPU- and disk-bound:
 # prefork, one process per core, prefetch 1.
 WORKER_PROFILES: Final[dict[str, tuple[str, int]]] = {
     DEFAULT: ("threads", 16),
     WEBHOOKS: ("threads", 64),
-    EMAIL: ("loop", 1000),
+    EMAIL: ("loop", 1500),
     LLM: ("loop", 1500),
     FILES: ("prefork", 0),  # 0: one process per CPU core
-    CALLBACKS: ("loop", 1000),
+    CALLBACKS: ("loop", 1500),
 }

@@ -384,3 +384,32 @@ def test_non_ascii_subject_body_and_names_arrive_intact(smtp: tuple[Recorder, Sm
     assert msg["To"] == "Zoë Ågren <zoe@example.com>"
     body = msg.get_body(("plain",))
     assert body is not None and body.get_content().strip() == "naïve façade ✓"
+
+
+def test_non_ascii_attachment_names_and_extra_headers_arrive_intact(
+    smtp: tuple[Recorder, SmtpConfig],
+) -> None:
+    recorder, config = smtp
+    data = "données ✓".encode()
+    email = job(
+        text="plain part",
+        html="<p>html part</p>",
+        headers={"X-Campaign": "été ☀", "X-Plain": "ascii"},
+        attachments=[
+            {
+                "filename": "résumé ✓.txt",
+                "content_type": "text/plain",
+                "content_base64": base64.b64encode(data).decode(),
+            }
+        ],
+    )
+    send(email, config)
+
+    msg = recorder.received[0].message
+    assert msg["X-Campaign"] == "été ☀" and msg["X-Plain"] == "ascii"
+    plain, html = msg.get_body(("plain",)), msg.get_body(("html",))
+    assert plain is not None and plain.get_content().strip() == "plain part"
+    assert html is not None and html.get_content().strip() == "<p>html part</p>"
+    [part] = list(msg.iter_attachments())
+    assert part.get_filename() == "résumé ✓.txt"
+    assert part.get_payload(decode=True) == data
