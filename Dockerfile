@@ -1,6 +1,10 @@
 FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 WORKDIR /app
+# ffmpeg/ffprobe for the files queue's video operations (Debian's package, LGPL/GPL binaries run
+# as separate programs, not linked)
+RUN apt-get update && apt-get install -y --no-install-recommends ffmpeg \
+    && rm -rf /var/lib/apt/lists/*
 COPY pyproject.toml README.md ./
 COPY gateway ./gateway
 COPY handlers ./handlers

@@ -234,20 +234,48 @@ def test_ffmpeg_missing(
     assert info.value.code == "ffmpeg_not_available"
 
 
-@pytest.mark.skipif(
+needs_ffmpeg = pytest.mark.skipif(
     shutil.which("ffmpeg") is None or shutil.which("ffprobe") is None, reason="no ffmpeg"
 )
-def test_video_probe_of_generated_clip(store: FileStore, tmp_path: Path) -> None:
+
+
+def generated_clip(tmp_path: Path, size: str = "64x48") -> Path:
+    """A 1 s test-pattern clip with a tone, made by ffmpeg itself."""
     clip = tmp_path / "clip.mp4"
     subprocess.run(
-        ["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc=size=64x48:rate=10:duration=1",
-         "-pix_fmt", "yuv420p", str(clip)],
+        ["ffmpeg", "-v", "error", "-f", "lavfi", "-i", f"testsrc=size={size}:rate=10:duration=1",
+         "-f", "lavfi", "-i", "sine=frequency=440:duration=1",
+         "-pix_fmt", "yuv420p", "-shortest", str(clip)],
         check=True, timeout=60,
     )  # fmt: skip
-    result = run_op(store, "video_probe", clip)
+    return clip
+
+
+@needs_ffmpeg
+def test_video_probe_of_generated_clip(store: FileStore, tmp_path: Path) -> None:
+    result = run_op(store, "video_probe", generated_clip(tmp_path))
     video = [s for s in result["streams"] if s["codec_type"] == "video"]
     assert video and (video[0]["width"], video[0]["height"]) == (64, 48)
+    assert [s["codec_type"] for s in result["streams"]].count("audio") == 1
     assert result["duration"] == pytest.approx(1.0, abs=0.2)
+
+
+@needs_ffmpeg
+@pytest.mark.parametrize(("fmt", "video_codec"), [("mp4", "h264"), ("webm", "vp9")])
+def test_video_transcode_scales_down_and_stores_a_playable_file(
+    store: FileStore, tmp_path: Path, fmt: str, video_codec: str
+) -> None:
+    result = run_op(
+        store, "video_transcode", generated_clip(tmp_path, "128x96"),
+        {"format": fmt, "max_height": 48},
+    )  # fmt: skip
+    assert result["format"] == fmt and result["size"] > 0
+    stored = store.path(result["output_file_id"])
+    probed = run_op(store, "video_probe", stored)
+    video = [s for s in probed["streams"] if s["codec_type"] == "video"]
+    assert video[0]["codec_name"] == video_codec
+    assert (video[0]["width"], video[0]["height"]) == (64, 48)  # aspect kept, height capped
+    assert probed["duration"] == pytest.approx(1.0, abs=0.3)
 
 
 def test_sha256_memory_stays_flat_in_a_subprocess(tmp_path: Path) -> None:
@@ -346,8 +374,10 @@ def test_job_missing_file(store: FileStore) -> None:
     assert info.value.code == "file_not_found"
 
 
-@pytest.mark.skipif(shutil.which("ffprobe") is not None, reason="needs ffprobe to be missing")
-def test_failed_job_removes_the_outputs_it_made(store: FileStore) -> None:
+def test_failed_job_removes_the_outputs_it_made(
+    store: FileStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(shutil, "which", lambda _name: None)  # the video step fails: no ffprobe
     src = save_bytes(store, image_bytes("PNG"))
     thumb = {"name": "thumbnail", "params": {"width": 10, "height": 10}}
     with pytest.raises(PermanentError, match="not installed"):
