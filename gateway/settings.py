@@ -114,6 +114,9 @@ class Settings(BaseSettings):
     smtp_password: SecretStr | None = None
     smtp_timeout_seconds: float = 30.0
     mail_from: str = "gateway@localhost"
+    # SMTP sessions a worker process keeps open between emails: its concurrency, or the sessions
+    # of a wave of emails that end together are closed and opened again for the next wave.
+    smtp_max_idle_connections: int = Field(default=1500, ge=0)
 
     # LLM provider: any OpenAI-compatible server (OpenAI, vLLM, Ollama, LiteLLM)
     llm_base_url: str = "http://127.0.0.1:11434"

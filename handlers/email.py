@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import re
-import socket
 import ssl
 from collections.abc import Awaitable, Callable
 from email import encoders
@@ -33,6 +31,7 @@ from pydantic import (
 )
 
 from handlers.errors import HandlerError, PermanentError, TransientError
+from handlers.smtp_pool import SmtpPool
 
 MIB = 1024 * 1024
 MAX_ATTACHMENT_BYTES = 10 * MIB
@@ -283,15 +282,17 @@ def _classify(exc: Exception) -> HandlerError:
     return PermanentError(f"SMTP: {_excerpt(str(exc))}", code="smtp_unsupported")
 
 
-_fqdn: str | None = None
-
-
-async def _local_hostname() -> str:
-    # aiosmtplib looks the FQDN up in a thread for every connection unless it is given one
-    global _fqdn
-    if _fqdn is None:
-        _fqdn = await asyncio.to_thread(socket.getfqdn)
-    return _fqdn
+async def _send(
+    msg: Message, sender: str, recipients: list[str], config: SmtpConfig, pool: SmtpPool | None
+) -> dict[str, aiosmtplib.SMTPResponse]:
+    if pool is not None:
+        return await pool.send(msg, sender=sender, recipients=recipients)
+    # A pool of one rather than aiosmtplib.send: one code path for both, the same errors.
+    once = SmtpPool(config)
+    try:
+        return await once.send(msg, sender=sender, recipients=recipients)
+    finally:
+        await once.aclose()
 
 
 async def send_email(
@@ -301,8 +302,13 @@ async def send_email(
     message_id: str | None = None,
     fetch: Fetch | None = None,
     max_attachment_bytes: int = MAX_ATTACHMENT_BYTES,
+    pool: SmtpPool | None = None,
 ) -> EmailResult:
-    """Send one email through the configured relay; raise TransientError or PermanentError."""
+    """Send one email through the configured relay; raise TransientError or PermanentError.
+
+    ``pool`` holds sessions to ``config``'s relay open between emails; without one, this email
+    has a session of its own, closed with QUIT once it is sent.
+    """
     sender = job.from_ or config.default_from
     msg_id = _message_id(message_id, parseaddr(sender)[1])
     # Fetch before connecting so a slow download never holds an SMTP session open.
@@ -311,20 +317,7 @@ async def send_email(
     recipients = _envelope(job.to + job.cc + job.bcc)  # bcc: envelope only, never a header
     password = config.password.get_secret_value() if config.password else None
     try:
-        refused, _ = await aiosmtplib.send(
-            msg,
-            sender=parseaddr(sender)[1],
-            recipients=recipients,
-            hostname=config.host,
-            port=config.port,
-            username=config.username,
-            password=password,
-            local_hostname=config.local_hostname or await _local_hostname(),
-            timeout=config.timeout,
-            use_tls=config.tls == "tls",
-            start_tls=config.tls == "starttls",
-            validate_certs=config.validate_certs,
-        )
+        refused = await _send(msg, parseaddr(sender)[1], recipients, config, pool)
     except (aiosmtplib.SMTPException, OSError) as exc:
         error = _classify(exc)
         if password and password in error.detail:  # belt and braces: a relay could echo it

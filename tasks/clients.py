@@ -19,6 +19,7 @@ from handlers.errors import PermanentError
 from handlers.files import FileStore
 from handlers.llm import LlmConfig
 from handlers.outbound import AiohttpTransport, build_client, fetch_to_file, request_limited
+from handlers.smtp_pool import SmtpPool
 from tasks import loop
 from tasks.deliveries import outbound_policy
 
@@ -29,6 +30,8 @@ class WorkerClients:
 
     settings: Settings
     smtp: SmtpConfig
+    # SMTP sessions kept open between emails, opened on first use (handlers/smtp_pool.py)
+    smtp_pool: SmtpPool
     llm: LlmConfig
     # The LLM provider is operator-configured (often on a private address: vLLM, Ollama), so it
     # is not put through the private-address guard; everything a caller names goes via `outbound`.
@@ -86,9 +89,11 @@ def llm_client(settings: Settings) -> httpx.AsyncClient:
 
 async def _build(settings: Settings) -> WorkerClients:
     # A coroutine so the clients are made on (and bound to) the process loop.
+    smtp = smtp_config(settings)
     return WorkerClients(
         settings=settings,
-        smtp=smtp_config(settings),
+        smtp=smtp,
+        smtp_pool=SmtpPool(smtp, max_idle=settings.smtp_max_idle_connections),
         llm=llm_config(settings),
         llm_http=llm_client(settings),
         outbound=build_client(outbound_policy(settings)),

@@ -22,6 +22,7 @@ from pydantic import SecretStr, ValidationError
 
 from handlers.email import EmailJob, EmailResult, SmtpConfig, send_email
 from handlers.errors import PermanentError, TransientError
+from handlers.smtp_pool import SmtpPool
 
 
 @dataclass
@@ -38,6 +39,20 @@ class Recorder:
     received: list[Received] = field(default_factory=list)
     rcpt_replies: dict[str, str] = field(default_factory=dict)
     data_reply: str | None = None
+    servers: list[SmtpServer] = field(default_factory=list)  # aiosmtpd's, one per connection
+
+    @property
+    def connections(self) -> int:
+        """Connections that sent EHLO."""
+        return len(self.servers)
+
+    async def handle_EHLO(
+        self, server: SmtpServer, session: Session, envelope: Envelope, hostname: str, lines: Any
+    ) -> list[str]:
+        session.host_name = hostname  # this hook's form leaves that to the handler
+        if not any(known is server for known in self.servers):  # STARTTLS: EHLO again
+            self.servers.append(server)
+        return list(lines)
 
     async def handle_RCPT(
         self, server: SmtpServer, session: Session, envelope: Envelope, address: str, _: Any
@@ -371,6 +386,57 @@ def test_tls_modes_deliver_and_refuse_an_unverifiable_certificate(
     finally:
         controller.stop()
     assert caught.value.code == "smtp_tls_failed"
+
+
+# aiosmtpd offers AUTH under TLS only after its own STARTTLS, not on implicit TLS (and warns).
+@pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS:UserWarning")
+@pytest.mark.parametrize("mode", ["starttls", "tls"])
+def test_pooled_session_stays_encrypted_and_authenticated(
+    server_tls: ssl.SSLContext, mode: str
+) -> None:
+    def authenticate(
+        server: SmtpServer, session: Session, envelope: Envelope, mechanism: str, data: Any
+    ) -> AuthResult:
+        return AuthResult(success=data == (b"gateway", b"right-password"), handled=False)
+
+    recorder, port = Recorder(), free_port()
+    tls_args: dict[str, Any] = (
+        {"tls_context": server_tls, "require_starttls": True}
+        if mode == "starttls"
+        else {"ssl_context": server_tls}
+    )
+    controller = Controller(
+        recorder,
+        hostname="127.0.0.1",
+        port=port,
+        authenticator=authenticate,
+        auth_required=True,
+        auth_require_tls=mode == "starttls",
+        **tls_args,
+    )
+    config = config_for(
+        port,
+        tls=mode,
+        validate_certs=False,
+        username="gateway",
+        password=SecretStr("right-password"),
+    )
+
+    async def three() -> None:
+        pool = SmtpPool(config)
+        try:
+            for n in range(3):
+                await send_email(job(subject=f"n{n}"), config, pool=pool)
+        finally:
+            await pool.aclose()
+
+    controller.start()
+    try:
+        asyncio.run(three())
+    finally:
+        controller.stop()
+    assert [r.message["Subject"] for r in recorder.received] == ["n0", "n1", "n2"]
+    assert recorder.connections == 1  # one TLS handshake, one AUTH for the three
 
 
 def test_non_ascii_subject_body_and_names_arrive_intact(smtp: tuple[Recorder, SmtpConfig]) -> None:
