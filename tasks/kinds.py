@@ -48,6 +48,7 @@ def _email(job: EmailJob, ctx: JobContext) -> Coroutine[Any, Any, EmailResult]:
         clients.smtp,
         message_id=f"<{ctx.job_id}@{domain}>",
         fetch=clients.fetch_bytes,
+        pool=clients.smtp_pool,
     )
 
 
