@@ -8,40 +8,26 @@ pending ──> delivering ──> delivered
 
 from __future__ import annotations
 
-import os
 import time
 from datetime import UTC, datetime
 
-import httpx
-
 from gateway.settings import get_settings
-from handlers.delivery import Attempt, deliver
-from handlers.outbound import build_client
+from handlers.delivery import deliver
 from handlers.signing import standard_webhooks_key
 from tasks import loop
 from tasks.app import app
+from tasks.clients import get_clients
 from tasks.deliveries import (
     CALLBACK_POLICY,
     DELIVER_TASK,
     attempt_record,
     claim,
-    outbound_policy,
 )
 from tasks.pipelined import Commands
 from tasks.protocol import task_message
 from tasks.queues import CALLBACKS
 from tasks.runtime import fast_redis, keys, policy_for
 from tasks.store import encode, now_iso
-
-_client: tuple[int, httpx.AsyncClient] | None = None
-
-
-async def _deliver(url: str, msg_id: str, body: bytes, signing: list[bytes]) -> Attempt:
-    global _client
-    # one guarded client per process, made on the process loop (tasks/loop.py) it is used from
-    if _client is None or _client[0] != os.getpid():
-        _client = (os.getpid(), build_client(outbound_policy(get_settings())))
-    return await deliver(_client[1], url, msg_id, body, signing)
 
 
 def signing_keys() -> list[bytes]:
@@ -59,7 +45,9 @@ def run_delivery(delivery_id: str) -> str | None:
         return None
     number = int(record["attempts"])
     body = str(record["body"]).encode()
-    outcome = loop.run(_deliver(record["url"], delivery_id, body, signing_keys()))
+    # the process's one guarded client (tasks/clients.py), shared with attachment fetches
+    client = get_clients().outbound
+    outcome = loop.run(deliver(client, record["url"], delivery_id, body, signing_keys()))
     policy = policy_for("callbacks", CALLBACK_POLICY)
     if outcome.verdict == "retry" and number < int(record["max_attempts"]):
         status = "retrying"

@@ -7,6 +7,8 @@ the loop every async handler of the process runs on, so connection pools never c
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +24,8 @@ from handlers.outbound import AiohttpTransport, build_client, fetch_to_file, req
 from handlers.smtp_pool import SmtpPool
 from tasks import loop
 from tasks.deliveries import outbound_policy
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,13 @@ class WorkerClients:
         if response.truncated:
             raise PermanentError(f"the URL's body is over {max_bytes} bytes", code="too_large")
         return response.body
+
+    async def aclose(self) -> None:
+        """Close the HTTP pools and end the SMTP sessions (QUIT)."""
+        await asyncio.gather(
+            self.llm_http.aclose(), self.outbound.aclose(), self.smtp_pool.aclose(),
+            return_exceptions=True,
+        )  # fmt: skip
 
     def fetch_to_file(self, url: str, dest: Path, max_bytes: int) -> int:
         """Stream a caller-named URL to ``dest`` through the guarded client, from a sync task."""
@@ -112,6 +123,18 @@ async def _get_or_build() -> WorkerClients:
     if _clients is None or _clients[0] != os.getpid():
         _clients = (os.getpid(), await _build(get_settings()))
     return _clients[1]
+
+
+def close_clients() -> None:
+    """Close this process's clients if it built any (worker shutdown); not from the loop."""
+    global _clients
+    clients, _clients = _clients, None
+    if clients is None or clients[0] != os.getpid():
+        return
+    try:
+        loop.run(clients[1].aclose(), timeout=10)
+    except Exception as exc:  # shutting down regardless; say why the goodbye was cut short
+        log.warning("closing the worker's clients failed: %r", exc)
 
 
 def get_clients() -> WorkerClients:

@@ -8,6 +8,7 @@ from celery import signals
 
 from gateway.settings import get_settings
 from tasks.app import app
+from tasks.clients import close_clients
 from tasks.kinds import KINDS
 from tasks.queues import FILES, queue_for
 from tasks.runtime import keys, run_job, worker_redis
@@ -45,3 +46,9 @@ def _start_mover(**_: Any) -> None:
 def _stop_mover(**_: Any) -> None:
     if _mover is not None:
         _mover.stop()
+
+
+@signals.worker_shutdown.connect  # after the pool has stopped: no task uses them any more
+@signals.worker_process_shutdown.connect  # a prefork child
+def _close_clients(**_: Any) -> None:
+    close_clients()

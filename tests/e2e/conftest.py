@@ -7,9 +7,7 @@ a data directory, so a file uploaded through the API is what the `files` worker 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from email import message_from_bytes, policy
-from email.message import EmailMessage
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,44 +15,14 @@ import httpx
 import pytest
 import redis
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import SMTP as SmtpServer
-from aiosmtpd.smtp import Envelope, Session
 
 from gateway.embedded import free_port
 from tasks.keys import Keys
 from tests.conftest import AUTH, Processes, api_ready, process_env, wait_for
 from tests.handlers.llm_stub import LlmStub
+from tests.smtp_sink import Recorder
 
 FINAL = ("succeeded", "failed", "dead")
-
-
-@dataclass
-class SmtpSink:
-    """aiosmtpd handler: keeps what arrived; per-recipient replies can be scripted."""
-
-    port: int = 0
-    received: list[EmailMessage] = field(default_factory=list)
-    rcpt_replies: dict[str, str] = field(default_factory=dict)
-
-    async def handle_RCPT(
-        self, server: SmtpServer, session: Session, envelope: Envelope, address: str, _: Any
-    ) -> str:
-        if address in self.rcpt_replies:
-            return self.rcpt_replies[address]
-        envelope.rcpt_tos.append(address)
-        return "250 OK"
-
-    async def handle_DATA(self, server: SmtpServer, session: Session, envelope: Envelope) -> str:
-        assert isinstance(envelope.content, bytes)
-        msg = message_from_bytes(envelope.content, policy=policy.default)
-        assert isinstance(msg, EmailMessage)
-        self.received.append(msg)
-        return "250 Message accepted"
-
-    def to(self, address: str) -> EmailMessage | None:
-        """The last message whose To header names ``address``."""
-        found = [m for m in self.received if address in str(m["To"])]
-        return found[-1] if found else None
 
 
 @dataclass
@@ -65,7 +33,7 @@ class HandlerStack:
     data_dir: Path
     redis_url: str
     prefix: str
-    smtp: SmtpSink
+    smtp: Recorder
     procs: Processes
 
     def client(self) -> httpx.Client:
@@ -103,9 +71,9 @@ class HandlerStack:
 
 
 @pytest.fixture(scope="session")
-def smtp_sink() -> Iterator[SmtpSink]:
+def smtp_sink() -> Iterator[Recorder]:
     """A real SMTP server (aiosmtpd) on loopback."""
-    sink = SmtpSink(port=free_port())
+    sink = Recorder(port=free_port())
     controller = Controller(sink, hostname="127.0.0.1", port=sink.port)
     controller.start()
     try:
@@ -126,7 +94,7 @@ def handler_stack(
     worker_redis_url: str,
     prefix: str,
     tmp_path_factory: pytest.TempPathFactory,
-    smtp_sink: SmtpSink,
+    smtp_sink: Recorder,
     llm_stub: LlmStub,
     workers: Processes,  # the default-queue worker: it too drains the schedule
 ) -> Iterator[HandlerStack]:

@@ -1,8 +1,9 @@
 """The loop pool (tasks/pool.py) and the batching transport (tasks/broker.py) in real workers.
 
 One `llm` worker process holds every call in flight at once; every accepted job runs once and
-nothing is left unacked in Redis; a warm shutdown finishes the calls it holds; and the messages a
-killed worker had taken in a batch come back after the visibility timeout and run.
+nothing is left unacked in Redis; a warm shutdown finishes the calls it holds and ends its SMTP
+sessions with QUIT; and the messages a killed worker had taken in a batch come back after the
+visibility timeout and run.
 """
 
 from __future__ import annotations
@@ -15,11 +16,14 @@ from typing import Any
 
 import pytest
 import redis
+from aiosmtpd.controller import Controller
 from fastapi.testclient import TestClient
 
+from gateway.embedded import free_port
 from gateway.main import create_app
 from tests.conftest import AUTH, Processes, make_settings, process_env, wait_for
 from tests.handlers.llm_stub import LlmStub
+from tests.smtp_sink import Recorder
 
 pytestmark = pytest.mark.e2e
 
@@ -145,3 +149,38 @@ def test_the_batch_a_killed_worker_held_runs_after_the_visibility_timeout(
             wait_for(lambda: nothing_unacked(r), timeout=10)
         except AssertionError as exc:
             raise AssertionError(f"{exc}\n{procs.logs()}") from None
+
+
+def test_a_stopping_email_worker_ends_its_smtp_sessions_with_quit(stack: dict[str, Any]) -> None:
+    r, prefix, procs = stack["r"], stack["prefix"], stack["procs"]
+    sink = Recorder(port=free_port())
+    controller = Controller(sink, hostname="127.0.0.1", port=sink.port)
+    controller.start()
+    try:
+        env = process_env(
+            stack["url"], prefix, SMTP_HOST="127.0.0.1", SMTP_PORT=str(sink.port), SMTP_TLS="none"
+        )
+        worker = procs.start(["worker", "email", "--concurrency", "8"], env)
+        ids = []
+        for i in range(12):
+            response = stack["api"].post(
+                "/v1/jobs/email",
+                json={"to": f"r{i}@example.com", "subject": f"n{i}", "text": "hello"},
+                headers=AUTH,
+            )
+            assert response.status_code == 202, response.text
+            ids.append(response.json()["id"])
+        try:
+            wait_for(lambda: all_final(r, prefix, ids), timeout=30)
+            assert {rec[b"status"] for rec in jobs(r, prefix, ids)} == {b"succeeded"}
+            assert len(sink.received) == 12
+            # sessions are kept open between messages (fewer sessions than messages) ...
+            assert 1 <= sink.connections <= 8 and sink.quits == 0
+            worker.send_signal(signal.SIGTERM)
+            assert worker.wait(30) == 0
+            # ... and each is ended politely when the worker stops
+            assert sink.quits == sink.connections
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{procs.logs()}") from None
+    finally:
+        controller.stop()

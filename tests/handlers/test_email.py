@@ -9,9 +9,6 @@ import socket
 import ssl
 import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from email import message_from_bytes, policy
-from email.message import EmailMessage
 from typing import Any
 
 import pytest
@@ -23,53 +20,7 @@ from pydantic import SecretStr, ValidationError
 from handlers.email import EmailJob, EmailResult, SmtpConfig, send_email
 from handlers.errors import PermanentError, TransientError
 from handlers.smtp_pool import SmtpPool
-
-
-@dataclass
-class Received:
-    mail_from: str
-    rcpt_tos: list[str]
-    message: EmailMessage
-
-
-@dataclass
-class Recorder:
-    """aiosmtpd handler: stores envelopes; replies can be scripted per recipient or for DATA."""
-
-    received: list[Received] = field(default_factory=list)
-    rcpt_replies: dict[str, str] = field(default_factory=dict)
-    data_reply: str | None = None
-    servers: list[SmtpServer] = field(default_factory=list)  # aiosmtpd's, one per connection
-
-    @property
-    def connections(self) -> int:
-        """Connections that sent EHLO."""
-        return len(self.servers)
-
-    async def handle_EHLO(
-        self, server: SmtpServer, session: Session, envelope: Envelope, hostname: str, lines: Any
-    ) -> list[str]:
-        session.host_name = hostname  # this hook's form leaves that to the handler
-        if not any(known is server for known in self.servers):  # STARTTLS: EHLO again
-            self.servers.append(server)
-        return list(lines)
-
-    async def handle_RCPT(
-        self, server: SmtpServer, session: Session, envelope: Envelope, address: str, _: Any
-    ) -> str:
-        if address in self.rcpt_replies:
-            return self.rcpt_replies[address]
-        envelope.rcpt_tos.append(address)
-        return "250 OK"
-
-    async def handle_DATA(self, server: SmtpServer, session: Session, envelope: Envelope) -> str:
-        if self.data_reply:
-            return self.data_reply
-        assert isinstance(envelope.content, bytes) and envelope.mail_from
-        msg = message_from_bytes(envelope.content, policy=policy.default)
-        assert isinstance(msg, EmailMessage)
-        self.received.append(Received(envelope.mail_from, list(envelope.rcpt_tos), msg))
-        return "250 Message accepted"
+from tests.smtp_sink import Recorder
 
 
 def free_port() -> int:

@@ -15,7 +15,8 @@ from aiosmtpd.smtp import Envelope, Session
 from handlers.email import EmailResult, SmtpConfig, send_email
 from handlers.errors import PermanentError, TransientError
 from handlers.smtp_pool import SmtpPool
-from tests.handlers.test_email import Recorder, config_for, free_port, job
+from tests.handlers.test_email import config_for, free_port, job
+from tests.smtp_sink import Recorder
 
 
 @dataclass
