@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from celery import Celery
+import logging
+from typing import Any
+
+from celery import Celery, signals
 from kombu.entity import Queue
 
 from gateway.settings import get_settings
@@ -66,6 +69,14 @@ def create_celery() -> Celery:
         enable_utc=True,
     )
     return app
+
+
+@signals.after_setup_logger.connect
+def _quiet_http_client_logs(**_: Any) -> None:
+    """httpx logs every request's full URL at INFO: a callback URL may carry its secret (Slack-style
+    webhook URLs do), and secrets never reach the logs. Our own code logs URLs redacted."""
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 app = create_celery()

@@ -253,3 +253,17 @@ def test_private_callback_refused_at_connect(
         assert not [r for r in receiver.on("/ok") if job_id.encode() in r.body]
     finally:
         procs.stop()
+
+
+def test_a_secret_in_a_callback_url_never_reaches_the_worker_logs(
+    api: TestClient, cb: dict[str, Any], receiver: Receiver
+) -> None:
+    # Slack-style webhook URLs carry their secret in the path or query
+    token = f"tok{uuid.uuid4().hex}"
+    job_id = submit(api, {"message": "hi", "callback_url": f"{receiver.url}/ok?token={token}"})
+
+    [delivery] = final_deliveries(api, cb, job_id)
+
+    assert delivery["status"] == "delivered"
+    assert any(token in path for path in receiver.counts)  # it was used ...
+    assert token not in cb["procs"].logs()  # ... and never logged
