@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from gateway import errors
-from gateway.redis_client import FALLBACK_URL, open_redis
+from gateway.redis_client import open_redis
 from gateway.routes import dead_letters, example, files, health, jobs, webhooks
 from gateway.settings import Settings, get_settings
 from gateway.webhooks.sources import check_destinations, load_sources
@@ -32,7 +32,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await check_destinations(app.state.webhook_sources, app.state.outbound_policy)
         app.state.redis = open_redis(settings)
         app.state.fast_redis = PipelinedRedis(
-            settings.redis_url or FALLBACK_URL, settings.redis_timeout_seconds
+            settings.redis_address, settings.redis_timeout_seconds
         )
         app.state.jobs = JobStore(
             app.state.redis, app.state.keys, settings.job_ttl_seconds, app.state.fast_redis

@@ -9,13 +9,11 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from gateway.settings import Settings
 
-FALLBACK_URL = "redis://127.0.0.1:6379/0"
-
 
 def open_redis(settings: Settings) -> Redis:
     """A pooled async client; one retry only for a dropped connection (e.g. Redis restarted)."""
     return Redis.from_url(
-        settings.redis_url or FALLBACK_URL,
+        settings.redis_address,
         socket_timeout=settings.redis_timeout_seconds,
         socket_connect_timeout=settings.redis_timeout_seconds,
         retry=Retry(NoBackoff(), 1),

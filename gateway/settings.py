@@ -162,6 +162,11 @@ class Settings(BaseSettings):
         return self
 
     @property
+    def redis_address(self) -> str:
+        """REDIS_URL, or a Redis on this host's default port when it is unset."""
+        return self.redis_url or "redis://127.0.0.1:6379/0"
+
+    @property
     def files_dir(self) -> Path:
         """Where uploaded and produced files live (the API writes, the workers read and write)."""
         return self.data_dir / "files"

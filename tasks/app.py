@@ -11,13 +11,11 @@ from kombu.entity import Queue
 from gateway.settings import get_settings
 from tasks.queues import DEFAULT, QUEUES, ROUTES
 
-FALLBACK_REDIS_URL = "redis://127.0.0.1:6379/0"
-
 
 def create_celery() -> Celery:
     """Build the app from settings."""
     settings = get_settings()
-    url = settings.redis_url or FALLBACK_REDIS_URL
+    url = settings.redis_address
     app = Celery(
         "gateway",
         broker=url,

@@ -58,7 +58,7 @@ def worker_redis() -> redis.Redis:
     """
     settings = get_settings()
     pool = redis.BlockingConnectionPool.from_url(
-        settings.redis_url or "redis://127.0.0.1:6379/0",
+        settings.redis_address,
         max_connections=WORKER_REDIS_CONNECTIONS,
         timeout=30,
         socket_timeout=10,
@@ -82,9 +82,7 @@ def fast_redis() -> PipelinedRedis:
     """
     global _fast
     if _fast is None or _fast[0] != os.getpid():
-        settings = get_settings()
-        url = settings.redis_url or "redis://127.0.0.1:6379/0"
-        _fast = (os.getpid(), PipelinedRedis(url, timeout=10.0))
+        _fast = (os.getpid(), PipelinedRedis(get_settings().redis_address, timeout=10.0))
     return _fast[1]
 
 
