@@ -26,7 +26,7 @@ from tasks.deliveries import (
 from tasks.pipelined import Commands
 from tasks.protocol import task_message
 from tasks.queues import CALLBACKS
-from tasks.runtime import fast_redis, keys, policy_for
+from tasks.runtime import fast_redis, keys, policy_for, requeued_if_redis_fails
 from tasks.store import encode, now_iso
 
 
@@ -84,4 +84,5 @@ def run_delivery(delivery_id: str) -> str | None:
 @app.task(name=DELIVER_TASK)
 def deliver_callback(delivery_id: str) -> str | None:
     """Thin task: one attempt of one delivery."""
-    return run_delivery(delivery_id)
+    with requeued_if_redis_fails():
+        return run_delivery(delivery_id)

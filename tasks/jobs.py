@@ -11,7 +11,7 @@ from tasks.app import app
 from tasks.clients import close_clients
 from tasks.kinds import KINDS
 from tasks.queues import FILES, queue_for
-from tasks.runtime import keys, run_job, worker_redis
+from tasks.runtime import keys, requeued_if_redis_fails, run_job, worker_redis
 from tasks.schedule import Mover
 
 
@@ -25,7 +25,8 @@ def _register(task_name: str) -> None:
 
     @app.task(name=task_name, time_limit=limit)
     def run(job_id: str) -> str | None:
-        return run_job(job_id)
+        with requeued_if_redis_fails():
+            return run_job(job_id)
 
 
 for _kind in KINDS.values():

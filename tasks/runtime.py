@@ -13,10 +13,13 @@ import inspect
 import logging
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
 
 import redis
+from celery.exceptions import Reject
 from pydantic import BaseModel, ValidationError
 
 from gateway.settings import get_settings
@@ -108,6 +111,24 @@ def policy_for(name: str, base: RetryPolicy | None) -> RetryPolicy:
     if values.get("schedule") is not None:
         values["schedule"] = tuple(float(step) for step in values["schedule"])
     return RetryPolicy(**values)
+
+
+@contextmanager
+def requeued_if_redis_fails() -> Iterator[None]:
+    """Hand the message back, not ack it, when a record cannot be read or written.
+
+    Celery acks a task that raised (acks_late acks failures too), so a Redis outage between a
+    job's work and its final write would leave the job `running` with no message left to finish
+    it. Rejected with requeue, the message goes back to the queue, or, if Redis cannot even take
+    it back, stays among the unacked and returns after the visibility timeout: the job is claimed
+    again (another attempt) once Redis answers. A final write that did land makes that claim a
+    no-op, so nothing runs twice that had finished.
+    """
+    try:
+        yield
+    except redis.RedisError as exc:
+        log.warning("Redis failed mid-task (%s); the message goes back for another try", exc)
+        raise Reject(exc, requeue=True) from exc
 
 
 def run_job(job_id: str) -> str | None:

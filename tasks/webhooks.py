@@ -25,7 +25,13 @@ from tasks.deliveries import CALLBACK_POLICY, add_delivery, outbound_policy
 from tasks.events import FINAL, PROCESS_TASK, decode, process_message
 from tasks.protocol import dumps
 from tasks.queues import WEBHOOKS
-from tasks.runtime import default_policy, keys, policy_for, worker_redis
+from tasks.runtime import (
+    default_policy,
+    keys,
+    policy_for,
+    requeued_if_redis_fails,
+    worker_redis,
+)
 from tasks.store import now_iso
 from tasks.submit import submit_job
 
@@ -211,4 +217,5 @@ def _short(exc: Exception) -> str:
 @app.task(name=PROCESS_TASK)  # type: ignore[untyped-decorator]
 def process(event_id: str) -> str | None:
     """Thin task: route one inbound event."""
-    return process_event(event_id)
+    with requeued_if_redis_fails():
+        return process_event(event_id)

@@ -3,7 +3,7 @@
 One `llm` worker process holds every call in flight at once; every accepted job runs once and
 nothing is left unacked in Redis; a warm shutdown finishes the calls it holds and ends its SMTP
 sessions with QUIT; and the messages a killed worker had taken in a batch come back after the
-visibility timeout and run.
+visibility timeout and run; a job whose final write Redis refused is run again, not lost.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import redis
 from aiosmtpd.controller import Controller
 from fastapi.testclient import TestClient
 
-from gateway.embedded import free_port
+from gateway.embedded import EmbeddedRedis, free_port
 from gateway.main import create_app
 from tests.conftest import AUTH, Processes, make_settings, process_env, wait_for
 from tests.handlers.llm_stub import LlmStub
@@ -184,3 +184,46 @@ def test_a_stopping_email_worker_ends_its_smtp_sessions_with_quit(stack: dict[st
             raise AssertionError(f"{exc}\n{procs.logs()}") from None
     finally:
         controller.stop()
+
+
+def test_a_job_whose_final_write_fails_is_run_again_once_redis_takes_writes(
+    tmp_path: Path,
+) -> None:
+    # A Redis of its own, made full for a while: with noeviction it then refuses every write that
+    # would grow it (OOM), as a production Redis at maxmemory does, while reads and deletes (and
+    # so acks) still work.
+    server = EmbeddedRedis(data_dir=tmp_path / "redis").start()
+    r = redis.Redis.from_url(server.url)
+    prefix = f"down-{uuid.uuid4().hex[:6]}:"
+    procs = Processes(tmp_path)
+    short = {
+        "VISIBILITY_TIMEOUT_SECONDS": "3",
+        "DEFAULT_TASK_TIME_LIMIT_SECONDS": "2",
+        "FILES_TASK_TIME_LIMIT_SECONDS": "2",
+    }
+    try:
+        with (
+            LlmStub(delay=1.5) as stub,
+            TestClient(create_app(make_settings(server.url, prefix))) as api,
+        ):
+            env = process_env(server.url, prefix, LLM_BASE_URL=stub.base_url, **short)
+            procs.start(["worker", "llm", "--concurrency", "4"], env)
+            [job_id] = submit_llm_jobs(api, 1)
+            try:
+                wait_for(lambda: stub.app.requests == 1, timeout=30)  # the call is in flight
+                r.config_set("maxmemory", 1)  # full: growing writes refused from now on
+                wait_for(lambda: "Redis failed mid-task" in procs.logs(), timeout=15)
+                assert jobs(r, prefix, [job_id])[0][b"status"] == b"running"
+                r.config_set("maxmemory", 0)  # room again
+                wait_for(lambda: all_final(r, prefix, [job_id]), timeout=60)
+                [record] = jobs(r, prefix, [job_id])
+                assert record[b"status"] == b"succeeded"
+                assert record[b"attempts"] == b"2"  # the message came back and ran again
+                assert stub.app.requests == 2
+                wait_for(lambda: nothing_unacked(r), timeout=15)
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}\n{procs.logs()}") from None
+    finally:
+        procs.stop()
+        r.close()
+        server.stop()
