@@ -233,21 +233,23 @@ def test_silent_server_times_out_as_transient() -> None:
     assert caught.value.code == "timeout"
 
 
+def accept_gateway_login(
+    server: SmtpServer, session: Session, envelope: Envelope, mechanism: str, data: Any
+) -> AuthResult:
+    """aiosmtpd authenticator: only gateway / right-password gets in."""
+    ok = isinstance(data, LoginPassword) and data == (b"gateway", b"right-password")
+    return AuthResult(success=ok, handled=False)  # handled=False: aiosmtpd sends the 535
+
+
 # aiosmtpd warns about AUTH without TLS; loopback in a test is exactly where that is fine.
 @pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS:UserWarning")
 def test_auth_success_and_failure_never_leaks_password() -> None:
-    def authenticate(
-        server: SmtpServer, session: Session, envelope: Envelope, mechanism: str, data: Any
-    ) -> AuthResult:
-        ok = isinstance(data, LoginPassword) and data == (b"gateway", b"right-password")
-        return AuthResult(success=ok, handled=False)  # handled=False: aiosmtpd sends the 535
-
     recorder, port = Recorder(), free_port()
     controller = Controller(
         recorder,
         hostname="127.0.0.1",
         port=port,
-        authenticator=authenticate,
+        authenticator=accept_gateway_login,
         auth_required=True,
         auth_require_tls=False,
     )
@@ -345,11 +347,6 @@ def test_tls_modes_deliver_and_refuse_an_unverifiable_certificate(
 def test_pooled_session_stays_encrypted_and_authenticated(
     server_tls: ssl.SSLContext, mode: str
 ) -> None:
-    def authenticate(
-        server: SmtpServer, session: Session, envelope: Envelope, mechanism: str, data: Any
-    ) -> AuthResult:
-        return AuthResult(success=data == (b"gateway", b"right-password"), handled=False)
-
     recorder, port = Recorder(), free_port()
     tls_args: dict[str, Any] = (
         {"tls_context": server_tls, "require_starttls": True}
@@ -360,7 +357,7 @@ def test_pooled_session_stays_encrypted_and_authenticated(
         recorder,
         hostname="127.0.0.1",
         port=port,
-        authenticator=authenticate,
+        authenticator=accept_gateway_login,
         auth_required=True,
         auth_require_tls=mode == "starttls",
         **tls_args,
