@@ -64,9 +64,10 @@ def run_worker(queues: list[str], pool: str | None, concurrency: int | None, log
     default_pool, default_concurrency = WORKER_PROFILES[queues[0]]
     pool = pool or default_pool
     if pool in ("threads", "loop"):
-        # Hundreds of pool threads each hop on and off the GIL for every Redis round trip; at the
-        # default 5 ms switch interval those hops, not the CPU, held an llm worker to ~100 jobs/s
-        # (bench/README.md). A shorter interval lets I/O-bound threads take their turn promptly.
+        # threads: hundreds of pool threads each hop on and off the GIL for every Redis round trip;
+        # at the default 5 ms switch interval those hops, not the CPU, held an llm worker to ~100
+        # jobs/s (bench/README.md). loop: two busy threads (consumer, loop) hand the GIL back and
+        # forth; 0.2, 0.5 and 2 ms measured alike there, so it shares the threads' setting.
         sys.setswitchinterval(THREADS_SWITCH_INTERVAL)
     if pool == "loop":
         # Celery resolves a configured worker_pool by its import path (tasks/pool.py)

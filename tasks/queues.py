@@ -31,7 +31,8 @@ def queue_for(task: str) -> str:
     return ROUTES.get(task, DEFAULT)
 
 
-# GIL switch interval (s) of thread-pool workers (Python's default is 0.005); see gateway/cli.py.
+# GIL switch interval (s) of threads- and loop-pool workers (Python's default: 0.005); see
+# gateway/cli.py.
 THREADS_SWITCH_INTERVAL: Final = 0.0005
 
 # How each queue's workers run by default: (pool, concurrency). email, llm and callbacks wait on
