@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
-import subprocess
 import sys
 import time
-from pathlib import Path
 
 from tasks.queues import QUEUES, THREADS_SWITCH_INTERVAL, WORKER_PROFILES
+
+# Beat ticks at least every 5 s (tasks/beat.py MAX_TICK_SECONDS); six missed ticks is stuck.
+BEAT_STALE_SECONDS = 30.0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,20 +27,35 @@ def main(argv: list[str] | None = None) -> int:
     worker.add_argument("--pool", choices=("loop", "threads", "prefork", "solo"))
     worker.add_argument("--concurrency", type=int)
     worker.add_argument("--loglevel", default="info")
-    sub.add_parser("beat", help="the periodic scheduler")
+    beat = sub.add_parser("beat", help="the periodic scheduler")
+    beat.add_argument(
+        "--healthcheck",
+        action="store_true",
+        help=f"exit 0 if a beat ticked within {BEAT_STALE_SECONDS:.0f} s (its liveness file)",
+    )
     args = parser.parse_args(argv)
     if args.command == "api":
         return run_api(args.host, args.port, args.workers)
     if args.command == "worker":
         return run_worker(args.queues, args.pool, args.concurrency, args.loglevel)
     if args.command == "beat":
-        return run_beat()
-    return run_dev(args.host, args.port)
+        return beat_healthcheck() if args.healthcheck else run_beat()
+    from gateway.dev import run_dev
+    from gateway.settings import get_settings
+
+    return run_dev(args.host, args.port, get_settings())
 
 
 def run_api(host: str, port: int, workers: int = 1) -> int:
     """Serve the API with uvicorn."""
     import uvicorn
+
+    from gateway.dev import announce_dev_key, check_bind
+    from gateway.settings import get_settings
+
+    settings = get_settings()
+    check_bind(settings, host)
+    announce_dev_key(settings, "gateway api")
 
     uvicorn.run(
         "gateway.main:create_app",
@@ -59,7 +74,14 @@ def run_api(host: str, port: int, workers: int = 1) -> int:
 
 def run_worker(queues: list[str], pool: str | None, concurrency: int | None, loglevel: str) -> int:
     """Run a Celery worker on ``queues`` with the first queue's profile unless overridden."""
+    from gateway.settings import get_settings
     from tasks.app import app
+
+    if "email" in queues and get_settings().smtp_host is None:
+        raise SystemExit(
+            "SMTP_HOST is unset: the email worker needs an SMTP server. Set SMTP_HOST (and "
+            "SMTP_PORT, SMTP_TLS), or run `gateway dev`, which starts a local mail catcher"
+        )
 
     default_pool, default_concurrency = WORKER_PROFILES[queues[0]]
     pool = pool or default_pool
@@ -102,6 +124,8 @@ def run_beat() -> int:
 
     data_dir = get_settings().data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
+    # the healthcheck's reference point: a beat that has not ticked yet is starting, not stuck
+    get_settings().beat_alive_file.touch()
     from tasks.periodic import beat_schedule
 
     app.conf.beat_schedule = beat_schedule()
@@ -119,59 +143,21 @@ def run_beat() -> int:
     return 0
 
 
-def run_dev(host: str, port: int) -> int:
-    """Start everything on this machine; Ctrl-C stops it all."""
-    from gateway.embedded import EmbeddedRedis
+def beat_healthcheck() -> int:
+    """0 if beat's liveness file (touched on every tick, leader or standby) is fresh, else 1."""
     from gateway.settings import get_settings
 
-    env = dict(os.environ)
-    embedded = None
-    if not env.get("REDIS_URL"):
-        embedded = EmbeddedRedis(Path(get_settings().data_dir) / "redis").start()
-        env["REDIS_URL"] = embedded.url
-        print(f"gateway dev: embedded Redis at {embedded.url}", flush=True)
-    me = [sys.executable, "-m", "gateway.cli"]
-    commands = [[*me, "api", "--host", host, "--port", str(port)]]
-    commands += [[*me, "worker", queue] for queue in QUEUES]
-    commands.append([*me, "beat"])
-    children = [subprocess.Popen(cmd, env=env, start_new_session=True) for cmd in commands]
-    print(
-        f"gateway dev: API on http://{host}:{port} with {len(QUEUES)} workers and beat", flush=True
-    )
-    stopping = False
-
-    def stop(*_: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
-    code = 0
-    while not stopping:
-        dead = [c for c in children if c.poll() is not None]
-        if dead:
-            print(f"gateway dev: a child exited ({dead[0].args!r}); stopping", flush=True)
-            code = 1
-            break
-        time.sleep(0.2)
-    shutdown(children)
-    if embedded is not None:
-        embedded.stop()
-    return code
-
-
-def shutdown(children: list[subprocess.Popen[bytes]], grace: float = 15.0) -> None:
-    """SIGTERM every child (warm shutdown for workers), SIGKILL what is left after ``grace``."""
-    for child in children:
-        if child.poll() is None:
-            child.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    for child in children:
-        try:
-            child.wait(max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            os.killpg(child.pid, signal.SIGKILL)
-            child.wait()
+    path = get_settings().beat_alive_file
+    try:
+        age = time.time() - path.stat().st_mtime
+    except FileNotFoundError:
+        print(f"unhealthy: {path} does not exist (beat never started here)")
+        return 1
+    if age > BEAT_STALE_SECONDS:
+        print(f"unhealthy: beat last ticked {age:.0f} s ago")
+        return 1
+    print(f"healthy: beat ticked {age:.0f} s ago")
+    return 0
 
 
 if __name__ == "__main__":

@@ -16,6 +16,9 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 PLACEHOLDER_MARKERS = ("change-me", "changeme", "placeholder", "dev-only")
 # base64 of "change-me-dev-signing-secret": signs callbacks in dev; refused in production
 DEV_SIGNING_SECRET = "whsec_Y2hhbmdlLW1lLWRldi1zaWduaW5nLXNlY3JldA=="  # noqa: S105 (dev only)
+# The API key the README documents: accepted in dev when API_KEYS is unset; a placeholder, so
+# production refuses it like any other.
+DEV_API_KEY = "change-me-dev-key"
 
 
 def _split(value: object) -> object:
@@ -53,7 +56,13 @@ class Settings(BaseSettings):
     redis_timeout_seconds: float = 1.0
 
     # API keys for /v1/*: plain keys or "sha256:<hex>" of a key. Only the hashes are kept.
+    # Unset in dev: DEV_API_KEY, so the README's examples work as printed; production refuses
+    # to start without them.
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    # Dev mode serves only loopback unless this is set: dev accepts a published key and placeholder
+    # secrets. Compose sets it for the API, which binds 0.0.0.0 inside its container while the
+    # host publishes the port on 127.0.0.1.
+    allow_dev_on_public: bool = False
 
     # Jobs
     job_ttl_seconds: int = 7 * 24 * 3600
@@ -106,8 +115,11 @@ class Settings(BaseSettings):
     webhook_dedup_seconds: int = 24 * 3600
     max_webhook_body_bytes: int = 1024 * 1024
 
-    # Email (SMTP)
-    smtp_host: str = "127.0.0.1"
+    # Email (SMTP). Unset (None, not a default address) so "no relay configured" is a fact the
+    # settings carry, from the environment and .env alike: `gateway dev` then starts its mail
+    # catcher and points the email worker at it; an email worker started without it refuses to
+    # start (in production there is no catcher to fall back on).
+    smtp_host: str | None = None
     smtp_port: int = 1025
     smtp_tls: Literal["none", "starttls", "tls"] = "none"
     smtp_username: str | None = None
@@ -153,6 +165,8 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _refuse_placeholders_outside_dev(self) -> Settings:
         if self.environment == "dev":
+            if not self.api_keys:
+                self.api_keys = [SecretStr(DEV_API_KEY)]
             return self
         for name, value in self.secret_values():
             if _is_placeholder(value):
@@ -165,6 +179,16 @@ class Settings(BaseSettings):
     def redis_address(self) -> str:
         """REDIS_URL, or a Redis on this host's default port when it is unset."""
         return self.redis_url or "redis://127.0.0.1:6379/0"
+
+    @property
+    def accepts_dev_api_key(self) -> bool:
+        """Whether the README's published dev key opens /v1/* (said at start-up)."""
+        return any(key.get_secret_value() == DEV_API_KEY for key in self.api_keys)
+
+    @property
+    def beat_alive_file(self) -> Path:
+        """Touched by beat on every tick; `gateway beat --healthcheck` reads its age."""
+        return self.data_dir / "beat-alive"
 
     @property
     def files_dir(self) -> Path:

@@ -13,6 +13,7 @@ from typing import Any
 
 from celery.beat import PersistentScheduler
 
+from gateway.settings import get_settings
 from tasks.runtime import keys, worker_redis
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,8 @@ class LeaderScheduler(PersistentScheduler):  # type: ignore[misc]
 
     def tick(self, *args: Any, **kwargs: Any) -> float:
         """Fire due entries only while leading; otherwise wait and try to become leader."""
+        # liveness for `gateway beat --healthcheck`: this loop turns, whether leading or not
+        get_settings().beat_alive_file.touch()
         try:
             leading = bool(
                 worker_redis().eval(_LEAD, 1, keys().beat_leader, self.token, LOCK_TTL_MS)

@@ -67,7 +67,8 @@ class WorkerClients:
 def smtp_config(settings: Settings) -> SmtpConfig:
     """SMTP relay settings as the email handler takes them."""
     return SmtpConfig(
-        host=settings.smtp_host,
+        # unset only in workers without the email queue: `gateway worker email` refuses to start
+        host=settings.smtp_host or "",
         port=settings.smtp_port,
         tls=settings.smtp_tls,
         username=settings.smtp_username,
