@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gateway.embedded import EmbeddedRedis
 from gateway.settings import DEV_API_KEY, Settings
 from tasks.queues import QUEUES
 
@@ -105,59 +106,70 @@ def children_for(host: str, port: int) -> list[Child]:
 
 def run_dev(host: str, port: int, settings: Settings) -> int:
     """Start everything on this machine, restart what crashes; Ctrl-C stops it all."""
-    from gateway.embedded import EmbeddedRedis
     from gateway.mail_catcher import MailCatcher
 
     check_bind(settings, host)
-    env = dict(os.environ)
-    embedded = catcher = None
-    if not settings.redis_url:
-        embedded = EmbeddedRedis(Path(settings.data_dir) / "redis").start()
-        env["REDIS_URL"] = embedded.url
-        print(f"gateway dev: embedded Redis at {embedded.url}", flush=True)
-    if settings.smtp_host is None and settings.environment == "dev":
-        catcher = MailCatcher(Path(settings.data_dir)).start()
-        env.update(SMTP_HOST="127.0.0.1", SMTP_PORT=str(catcher.port), SMTP_TLS="none")
-        print(
-            f"gateway dev: SMTP_HOST unset: mail catcher on 127.0.0.1:{catcher.port}, "
-            f"messages saved under {catcher.directory}",
-            flush=True,
-        )
-    children = children_for(host, port)
-    for child in children:
-        child.start(env)
-    print(f"gateway dev: API on http://{host}:{port}, {len(QUEUES)} workers and beat", flush=True)
     stopping = False
 
     def stop(*_: object) -> None:
         nonlocal stopping
         stopping = True
 
+    # first: a Ctrl-C during start-up must still stop what was started
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
-    while not stopping:
-        now = time.monotonic()
+    env = dict(os.environ)
+    embedded = catcher = None
+    children: list[Child] = []
+    try:
+        if not settings.redis_url:
+            embedded = EmbeddedRedis(Path(settings.data_dir) / "redis").start()
+            env["REDIS_URL"] = embedded.url
+            print(f"gateway dev: embedded Redis at {embedded.url}", flush=True)
+        if settings.smtp_host is None and settings.environment == "dev":
+            catcher = MailCatcher(Path(settings.data_dir)).start()
+            env.update(SMTP_HOST="127.0.0.1", SMTP_PORT=str(catcher.port), SMTP_TLS="none")
+            print(
+                f"gateway dev: SMTP_HOST unset: mail catcher on 127.0.0.1:{catcher.port}, "
+                f"messages saved under {catcher.directory}",
+                flush=True,
+            )
+        children = children_for(host, port)
         for child in children:
-            code = child.exited(now)
-            if code is not None and child.restart_at is not None:
-                print(
-                    f"gateway dev: {child.name} exited ({exit_text(code)}); "
-                    f"restarting in {child.restart_at - now:.1f} s",
-                    flush=True,
-                )
-            elif child.restart_at is not None and now >= child.restart_at:
-                child.start(env)
-                print(f"gateway dev: {child.name} restarted", flush=True)
-        if embedded is not None and embedded.process and embedded.process.poll() is not None:
-            print("gateway dev: embedded Redis exited; starting it again (same data)", flush=True)
-            embedded.start()
-        time.sleep(0.2)  # a supervisor's tick, not a wait for work
-    shutdown([c.process for c in children if c.process is not None])
-    if catcher is not None:
-        catcher.stop()
-    if embedded is not None:
-        embedded.stop()
+            child.start(env)
+        print(f"gateway dev: API on http://{host}:{port}, {len(QUEUES)} workers, beat", flush=True)
+        while not stopping:
+            supervise(children, env, embedded)
+            time.sleep(0.2)  # a supervisor's tick, not a wait for work
+    finally:
+        shutdown([c.process for c in children if c.process is not None])
+        if catcher is not None:
+            catcher.stop()
+        if embedded is not None:
+            embedded.stop()
     return 0
+
+
+def supervise(children: list[Child], env: dict[str, str], embedded: EmbeddedRedis | None) -> None:
+    """One look at every child: plan a restart for what exited, start what is due."""
+    now = time.monotonic()
+    for child in children:
+        code = child.exited(now)
+        if code is not None and child.restart_at is not None:
+            print(
+                f"gateway dev: {child.name} exited ({exit_text(code)}); "
+                f"restarting in {child.restart_at - now:.1f} s",
+                flush=True,
+            )
+        elif child.restart_at is not None and now >= child.restart_at:
+            child.start(env)
+            print(f"gateway dev: {child.name} restarted", flush=True)
+    if embedded is not None and embedded.process and embedded.process.poll() is not None:
+        print("gateway dev: embedded Redis exited; starting it again (same data)", flush=True)
+        try:
+            embedded.start()
+        except RuntimeError as exc:  # tried again on the next tick
+            print(f"gateway dev: {exc}", flush=True)
 
 
 def exit_text(code: int) -> str:
