@@ -51,8 +51,15 @@ def create_celery() -> Celery:
             # kombu's default scans only every 10th sweep, about every 100 s.
             "unacked_restore_interval": 10,
             "unacked_restore_throttle": 1,
+            # a killed worker's messages come back in seconds, not after the visibility timeout
+            # (tasks/liveness.py)
+            "liveness_ttl": settings.worker_liveness_ttl_seconds,
+            "reap_interval": settings.worker_reap_interval_seconds,
         },
         broker_connection_retry_on_startup=True,
+        # a worker outlives any Redis outage: it keeps reconnecting (Celery's default gives up
+        # after 100 attempts and the worker exits)
+        broker_connection_max_retries=None,
         # kombu's Redis transport minus a client per call and a round trip per ack (tasks/broker.py)
         broker_transport="tasks.broker:Transport",
         task_default_queue=DEFAULT,
@@ -67,6 +74,14 @@ def create_celery() -> Celery:
         enable_utc=True,
     )
     return app
+
+
+@signals.worker_shutdown.connect
+def _stop_liveness(**_: Any) -> None:
+    """A worker that exits cleanly stops renewing its liveness key and drops it."""
+    from tasks import liveness
+
+    liveness.stop()
 
 
 @signals.after_setup_logger.connect
