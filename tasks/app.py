@@ -9,7 +9,7 @@ from celery import Celery, signals
 from kombu.entity import Queue
 
 from gateway.settings import get_settings
-from tasks.queues import DEFAULT, QUEUES, ROUTES
+from tasks.queues import DEFAULT, FILES, QUEUES, ROUTES
 
 
 def create_celery() -> Celery:
@@ -55,6 +55,15 @@ def create_celery() -> Celery:
             # (tasks/liveness.py)
             "liveness_ttl": settings.worker_liveness_ttl_seconds,
             "reap_interval": settings.worker_reap_interval_seconds,
+            # held past its queue's time limit by a live worker: given back as a last resort
+            "queue_time_limits": {
+                queue: float(
+                    settings.files_task_time_limit_seconds
+                    if queue == FILES
+                    else settings.default_task_time_limit_seconds
+                )
+                for queue in QUEUES
+            },
         },
         broker_connection_retry_on_startup=True,
         # a worker outlives any Redis outage: it keeps reconnecting (Celery's default gives up

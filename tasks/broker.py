@@ -235,10 +235,12 @@ class Channel(kombu_redis.Channel):
     _pause_next = False
     liveness_ttl = 10.0
     reap_interval = 3.0
+    queue_time_limits: dict[str, float] | None = None  # queue -> its tasks' time limit (s)
     from_transport_options = (  # type: ignore[assignment]
         *kombu_redis.Channel.from_transport_options,
         "liveness_ttl",
         "reap_interval",
+        "queue_time_limits",
     )
 
     @cached_property
@@ -254,6 +256,7 @@ class Channel(kombu_redis.Channel):
                 self.unacked_index_key,
                 float(self.liveness_ttl),
                 float(self.reap_interval),
+                self.queue_time_limits,
             )
         return super().basic_consume(queue, *args, **kwargs)
 

@@ -12,8 +12,12 @@ consumer whose liveness key is gone on two reaper passes at least ``grace`` apar
 live worker cut off by a Redis restart renews within a second of Redis coming back, so it is
 never mistaken for one); every message it still holds in kombu's unacked hash goes back to the
 front of the list it came from, atomically per batch, and runs on another worker. A healthy
-worker's hour-long task is never handed out again, since its liveness key never lapses; kombu's
-visibility timeout stays as the backstop for a process that is alive but stuck.
+worker's hour-long task is never handed out again, since its liveness key never lapses.
+
+As a last resort, a message a live consumer has held past its queue's time limit (plus ``grace``)
+goes back too: the worker lost track of it (prefork stops a task at its limit; the other pools'
+tasks wait on clients whose timeouts are far below it). kombu's visibility timeout stays as the
+backstop for what no consumer recorded.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import redis
 log = logging.getLogger(__name__)
 
 _BATCH = 200
+QUEUE_SEP = "\x06\x16"  # kombu's separator between a queue's name and its priority
 
 # KEYS: registry of consumers, their missing-since hash. ARGV: now, grace, alive key prefix.
 # Returns the consumers missing on two passes at least `grace` apart; forgets live ones.
@@ -112,8 +117,16 @@ def restorable(record: bytes) -> bytes:
 class Reaper:
     """One pass of the reaper over every consumer on record."""
 
-    def __init__(self, client: redis.Redis, unacked: str, index: str, grace: float) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        unacked: str,
+        index: str,
+        grace: float,
+        time_limits: dict[str, float] | None = None,
+    ) -> None:
         self.client, self.unacked, self.index, self.grace = client, unacked, index, grace
+        self.time_limits = time_limits or {}
         self.keys = ConsumerKeys(unacked)
         self._dead = client.register_script(_DEAD)
         self._restore = client.register_script(_RESTORE)
@@ -124,7 +137,54 @@ class Reaper:
             return 0
         keys = [self.keys.registry, self.keys.missing]
         dead = self._dead(keys=keys, args=[time.time(), self.grace, self.keys.alive_prefix])
-        return sum(self.restore_consumer(c.decode()) for c in dead)
+        restored = sum(self.restore_consumer(c.decode()) for c in dead)
+        return restored + self.restore_overdue()
+
+    def restore_overdue(self) -> int:
+        """Put back messages held past their queue's time limit plus grace, by any consumer."""
+        if not self.time_limits:
+            return 0
+        now = time.time()
+        oldest = now - min(self.time_limits.values()) - self.grace
+        rows: list[Any] = self.client.zrangebyscore(self.index, "-inf", oldest, withscores=True)
+        taken_at: dict[Any, float] = dict(rows)
+        if not taken_at:
+            return 0
+        tags = list(taken_at)
+        restored = 0
+        members: set[Any] = self.client.smembers(self.keys.registry)
+        for member in members:
+            consumer = member.decode()
+            lists: list[Any] = self.client.hmget(self.keys.taken(consumer), tags)
+            overdue = [
+                (tag, source)
+                for tag, source in zip(tags, lists, strict=True)
+                if source is not None and now - taken_at[tag] > self._limit(source) + self.grace
+            ]
+            if overdue:
+                restored += self._restore_tags(self.keys.taken(consumer), dict(overdue))
+                log.warning(
+                    "consumer %s held %d messages past their time limit: restored",
+                    consumer,
+                    len(overdue),
+                )
+        return restored
+
+    def _limit(self, source: bytes) -> float:
+        queue = source.decode().split(QUEUE_SEP, 1)[0]  # kombu names priority lists queue+sep+n
+        return self.time_limits.get(queue, max(self.time_limits.values()))
+
+    def _restore_tags(self, taken: str, entries: dict[Any, Any]) -> int:
+        """Restore the given tags (tag -> source list) still unacked, atomically per batch."""
+        tags = list(entries)
+        records: list[Any] = self.client.hmget(self.unacked, tags)
+        args: list[Any] = []
+        for tag, record in zip(tags, records, strict=True):
+            if record is None:
+                args += [tag, b"", b"", b""]  # acked or restored already: drop the entry
+            else:
+                args += [tag, record, entries[tag], restorable(record)]
+        return int(self._restore(keys=[self.unacked, self.index, taken], args=args))
 
     def restore_consumer(self, consumer: str) -> int:
         """Put back every message a dead consumer still holds; forget the consumer."""
@@ -134,15 +194,7 @@ class Reaper:
             entries: dict[Any, Any] = self.client.hscan(taken, 0, count=_BATCH)[1]  # type: ignore[assignment]
             if not entries:
                 break
-            tags = list(entries)
-            records: list[Any] = self.client.hmget(self.unacked, tags)
-            args: list[Any] = []
-            for tag, record in zip(tags, records, strict=True):
-                if record is None:
-                    args += [tag, b"", b"", b""]  # acked or restored already: drop the entry
-                else:
-                    args += [tag, record, entries[tag], restorable(record)]
-            restored += int(self._restore(keys=[self.unacked, self.index, taken], args=args))
+            restored += self._restore_tags(taken, entries)
         pipe = self.client.pipeline()
         pipe.srem(self.keys.registry, consumer)
         pipe.hdel(self.keys.missing, consumer)
@@ -156,13 +208,19 @@ class Liveness(threading.Thread):
     """Renews this process's liveness key and runs the reaper, until stopped."""
 
     def __init__(
-        self, client: redis.Redis, unacked: str, index: str, ttl: float, reap_every: float
+        self,
+        client: redis.Redis,
+        unacked: str,
+        index: str,
+        ttl: float,
+        reap_every: float,
+        time_limits: dict[str, float] | None = None,
     ) -> None:
         super().__init__(name="liveness", daemon=True)
         self.client, self.ttl, self.reap_every = client, ttl, reap_every
         self.consumer = consumer_id()
         self.keys = ConsumerKeys(unacked)
-        self.reaper = Reaper(client, unacked, index, grace=reap_every)
+        self.reaper = Reaper(client, unacked, index, reap_every, time_limits)
         self._halt = threading.Event()
         self._failing = False
 
@@ -210,13 +268,20 @@ _running: Liveness | None = None
 _lock = threading.Lock()
 
 
-def ensure_running(client_factory: Any, unacked: str, index: str, ttl: float, every: float) -> None:
+def ensure_running(
+    client_factory: Any,
+    unacked: str,
+    index: str,
+    ttl: float,
+    every: float,
+    time_limits: dict[str, float] | None = None,
+) -> None:
     """Start this process's liveness thread once (again in a forked child)."""
     global _running
     with _lock:
         if _running is not None and _running.is_alive() and _running.consumer == consumer_id():
             return
-        _running = Liveness(client_factory(), unacked, index, ttl, every)
+        _running = Liveness(client_factory(), unacked, index, ttl, every, time_limits)
         _running.start()
 
 

@@ -106,8 +106,7 @@ def test_workers_ride_through_redis_refusing_writes(
             try:
                 wait_for(lambda: stub.app.requests >= 10, timeout=30)
                 fault(r, server.port)
-                wait_for(lambda: "Redis refuses to hand out messages" in procs.logs(), 30)
-                time.sleep(2)  # the fault lasts a while: the duration itself, not a wait for work
+                time.sleep(3)  # the fault lasts a while: the duration itself, not a wait for work
                 heal(r)
                 wait_for(lambda: all_final(r, prefix, ids), timeout=120, interval=0.5)
                 assert {rec[b"status"] for rec in jobs(r, prefix, ids)} == {b"succeeded"}

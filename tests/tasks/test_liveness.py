@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -85,3 +86,19 @@ def test_one_reaper_per_interval(r: redis.Redis) -> None:
     assert first.run(lock_ms=60_000) == 0  # holds the lock (and notes the consumer missing)
     assert second.run(lock_ms=60_000) == 0 and r.hlen(UNACKED) == 1
     assert r.llen("default") == 0
+
+
+def test_a_live_consumer_s_message_past_its_queue_s_time_limit_goes_back(r: redis.Redis) -> None:
+    # held for 1000 s by a live worker: past `default`'s 300 s limit, within `files`' hour
+    overdue = take(r, "stuck", "default", "j1")
+    long_file = take(r, "stuck", "files", "f1")
+    recent = take(r, "stuck", "default", "j2")
+    now = time.time()
+    r.zadd(INDEX, {overdue: now - 1000, long_file: now - 1000, recent: now - 10})
+    r.set(KEYS.alive("stuck"), "1", px=60_000)
+    reaper = Reaper(r, UNACKED, INDEX, grace=3, time_limits={"default": 300, "files": 3600})
+    assert passes(reaper, 2) == 1
+    [back] = [json.loads(m) for m in r.lrange("default", 0, -1)]
+    assert back["properties"]["delivery_tag"] == overdue
+    assert set(r.hkeys(UNACKED)) == {long_file.encode(), recent.encode()}
+    assert r.llen("files") == 0
