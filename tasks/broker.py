@@ -276,6 +276,7 @@ class Channel(kombu_redis.Channel):
             return
         if len(self.active_queues) > 1:
             timeout = min(timeout or MULTI_QUEUE_WAIT, MULTI_QUEUE_WAIT)
+            self._queue_cycle.rotate(queues[0])  # the next wait watches the next queue
         self._in_poll = self.client.connection
         self._brpop_sent_at = time.monotonic()  # type: ignore[assignment]
         if self._pause_next:

@@ -124,3 +124,18 @@ def test_a_killed_threads_worker_s_jobs_run_again_within_seconds(stack: dict[str
         wait_for(lambda: nothing_unacked(r) and taken_records(r) == 0, timeout=15)
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n{procs.logs()}") from None
+
+
+def test_a_worker_of_two_queues_takes_from_both(stack: dict[str, Any]) -> None:
+    # the wait watches one queue at a time (tasks/broker.py); every queue's jobs still run promptly
+    r, prefix, procs, api = stack["r"], stack["prefix"], stack["procs"], stack["api"]
+    with LlmStub(delay=0) as stub:
+        env = process_env(stack["url"], prefix, LLM_BASE_URL=stub.base_url)
+        procs.start(["worker", "llm", "default", "--pool", "threads", "--concurrency", "8"], env)
+        try:
+            for _ in range(3):  # one job at a time, so each is taken by an idle worker's wait
+                ids = submit_echo_jobs(api, 1, sleep_ms=0) + submit_llm_jobs(api, 1)
+                wait_for(lambda ids=ids: all_final(r, prefix, ids), timeout=30)
+                assert {rec[b"status"] for rec in jobs(r, prefix, ids)} == {b"succeeded"}
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{procs.logs()}") from None
