@@ -38,9 +38,12 @@ log = logging.getLogger(__name__)
 _BATCH = 200
 QUEUE_SEP = "\x06\x16"  # kombu's separator between a queue's name and its priority
 
-# KEYS: registry of consumers, their missing-since hash. ARGV: now, grace, alive key prefix.
-# Returns the consumers missing on two passes at least `grace` apart; forgets live ones.
+# KEYS: registry of consumers, their missing-since hash. ARGV: unused, grace, alive key prefix.
+# Returns the consumers missing on two passes at least `grace` apart; forgets live ones. The
+# server's clock, not the workers': passes are made by different machines.
 _DEAD = """
+local t = redis.call('TIME')
+ARGV[1] = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local dead = {}
 for _, c in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   if redis.call('EXISTS', ARGV[3] .. c) == 1 then
@@ -136,7 +139,7 @@ class Reaper:
         if not self.client.set(self.keys.lock, consumer_id(), nx=True, px=lock_ms):
             return 0
         keys = [self.keys.registry, self.keys.missing]
-        dead = self._dead(keys=keys, args=[time.time(), self.grace, self.keys.alive_prefix])
+        dead = self._dead(keys=keys, args=[0, self.grace, self.keys.alive_prefix])
         restored = sum(self.restore_consumer(c.decode()) for c in dead)
         return restored + self.restore_overdue()
 
