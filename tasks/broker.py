@@ -46,6 +46,7 @@ from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
 
 from tasks import liveness
+from tasks.consumers import ConsumerKeys, consumer_id
 
 log = logging.getLogger(__name__)
 
@@ -246,7 +247,7 @@ class Channel(kombu_redis.Channel):
     @cached_property
     def taken_key(self) -> str:
         """This process's hash of the messages it holds (tasks/liveness.py)."""
-        return liveness.ConsumerKeys(self.unacked_key).taken(liveness.consumer_id())
+        return ConsumerKeys(self.unacked_key).taken(consumer_id())
 
     def basic_consume(self, queue: str, *args: Any, **kwargs: Any) -> Any:
         if not self.global_keyprefix:

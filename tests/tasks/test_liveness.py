@@ -9,8 +9,9 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from tasks.liveness import ConsumerKeys, Reaper
+from tasks.consumers import ConsumerKeys
 from tasks.protocol import task_message
+from tasks.reaper import Reaper
 
 UNACKED, INDEX = "unacked", "unacked_index"
 KEYS = ConsumerKeys(UNACKED)
