@@ -141,6 +141,13 @@ class Settings(BaseSettings):
     # Periodic jobs run by beat (TOML file; see README)
     periodic_jobs_file: Path | None = None
 
+    # Crash recovery (tasks/liveness.py): each consuming worker process renews a liveness key with
+    # this TTL (every third of it); every reap interval one worker gives back the messages of
+    # consumers whose key is gone on two passes. A SIGKILLed worker's jobs run again after about
+    # TTL + 2-3 intervals; a live worker's long task is never handed out twice.
+    worker_liveness_ttl_seconds: float = Field(default=10.0, gt=1)
+    worker_reap_interval_seconds: float = Field(default=3.0, gt=0.1)
+
     @field_validator(
         "api_keys",
         "signing_secrets",

@@ -9,7 +9,7 @@ from celery import Celery, signals
 from kombu.entity import Queue
 
 from gateway.settings import get_settings
-from tasks.queues import DEFAULT, QUEUES, ROUTES
+from tasks.queues import DEFAULT, FILES, QUEUES, ROUTES
 
 
 def create_celery() -> Celery:
@@ -51,8 +51,24 @@ def create_celery() -> Celery:
             # kombu's default scans only every 10th sweep, about every 100 s.
             "unacked_restore_interval": 10,
             "unacked_restore_throttle": 1,
+            # a killed worker's messages come back in seconds, not after the visibility timeout
+            # (tasks/liveness.py)
+            "liveness_ttl": settings.worker_liveness_ttl_seconds,
+            "reap_interval": settings.worker_reap_interval_seconds,
+            # held past its queue's time limit by a live worker: given back as a last resort
+            "queue_time_limits": {
+                queue: float(
+                    settings.files_task_time_limit_seconds
+                    if queue == FILES
+                    else settings.default_task_time_limit_seconds
+                )
+                for queue in QUEUES
+            },
         },
         broker_connection_retry_on_startup=True,
+        # a worker outlives any Redis outage: it keeps reconnecting (Celery's default gives up
+        # after 100 attempts and the worker exits)
+        broker_connection_max_retries=None,
         # kombu's Redis transport minus a client per call and a round trip per ack (tasks/broker.py)
         broker_transport="tasks.broker:Transport",
         task_default_queue=DEFAULT,
@@ -67,6 +83,14 @@ def create_celery() -> Celery:
         enable_utc=True,
     )
     return app
+
+
+@signals.worker_shutdown.connect
+def _stop_liveness(**_: Any) -> None:
+    """A worker that exits cleanly stops renewing its liveness key and drops it."""
+    from tasks import liveness
+
+    liveness.stop()
 
 
 @signals.after_setup_logger.connect

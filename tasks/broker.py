@@ -1,22 +1,32 @@
-"""kombu's Redis transport, with two per-message costs taken off the worker's hot path.
+"""kombu's Redis transport, made cheaper per message and safe across Redis restarts and crashes.
 
 Celery selects it with ``broker_transport`` (tasks/app.py); messages, keys and the unacked
-bookkeeping are kombu's own, so workers of either transport share a broker.
+bookkeeping are kombu's own (kombu 5.x: we subclass its private Channel/QoS, pinned in
+pyproject.toml; tests/tasks check our unacked records against kombu's restore), so workers of
+either transport share a broker.
 
 1. kombu builds a new ``redis.Redis`` client for every ack and every delivered message (its
    ``conn_or_acquire``); constructing one costs more CPU than the round trip. Each channel here
    keeps one client over its connection pool (a redis-py client is safe to share between threads).
+   A closed channel's client is a connection error, never a crash: a Redis restart closes the
+   channel under tasks that still ack (issue 10).
 2. An ack removes the message from the unacked hash and index with one round trip per message,
    made by the thread that finished the task. Here the ack frees the prefetch slot at once (as
    kombu's does) and the Redis removal waits for the consumer thread's next poll, which removes
-   every tag acked since in one round trip. If the process dies in between, those messages are
-   restored after the visibility timeout like any unacked message, and the job runtime drops a
-   message whose job is already final (tasks/runtime.py): at-least-once either way.
-3. kombu takes one message per BRPOP and records it as unacked with a second round trip, so a
-   worker refilling hundreds of free slots at once spends two round trips per message. Here, once
-   BRPOP has delivered a message, the consumer takes up to its remaining prefetch credit (at most
-   ``FETCH_BATCH``) from the same queue with one script that pops each message and records it as
-   unacked exactly as kombu does, atomically: nothing is ever popped without being recorded.
+   every tag acked since in one round trip. The pending removals belong to the process, not the
+   channel: acks made while Redis is down are flushed by the channel of the next connection.
+3. Nothing is taken from a queue without being recorded, atomically. kombu's BRPOP takes a
+   message and records it as unacked with a second round trip: a Redis restart or a lost reply
+   in between loses the message for good. Here the consumer waits with ``BLMOVE list list RIGHT
+   RIGHT``, which takes nothing (it moves the tail element onto the tail of the same list) but
+   wakes the moment a message arrives, then takes up to its prefetch credit (at most
+   ``FETCH_BATCH``) with one script that pops each message and records it as unacked in kombu's
+   format and under this process's consumer id (tasks/liveness.py), atomically. Same round trips
+   as BRPOP + record; a batch per round trip under load. The wait covers the first queue of the
+   cycle's priority-0 list; the script looks at every list of every queue after each wake-up or
+   wait timeout (1 s), so a message elsewhere waits at most that long when the worker is idle.
+4. A worker's liveness key and the reaper (tasks/liveness.py) give a SIGKILLed worker's messages
+   back within seconds; kombu's visibility timeout stays as the backstop.
 """
 
 from __future__ import annotations
@@ -27,6 +37,7 @@ from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cached_property
+from queue import Empty
 from typing import Any
 
 import redis
@@ -34,18 +45,26 @@ from kombu.transport import redis as kombu_redis
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
 
+from tasks import liveness
+from tasks.consumers import ConsumerKeys, consumer_id
+
 log = logging.getLogger(__name__)
 
 
 FETCH_BATCH = 100
+# Wait per BLMOVE when consuming several queues: the wait watches one list at a time.
+MULTI_QUEUE_WAIT = 0.2
+# Pause between attempts while Redis refuses to record what we take (OOM, READONLY, MISCONF).
+PAUSE_MS = 1000
 
-# KEYS: the queue's lists, highest priority first, then kombu's unacked hash and index.
-# ARGV: how many, now. Each popped message is recorded in kombu's format, [message, exchange,
-# routing key] under its delivery tag, before the next pop; one that is not a kombu message goes
-# back where it was and ends the batch, for kombu's own path to deal with.
+# KEYS: the queue's lists, highest priority first, then kombu's unacked hash and index, then
+# this consumer's taken hash. ARGV: how many, now. Each popped message is recorded in kombu's
+# format, [message, exchange, routing key] under its delivery tag, and under the consumer, before
+# the next pop; one that is not a kombu message goes back where it was and ends the batch, for
+# kombu's own path to deal with.
 _FETCH = """
-local n = #KEYS - 2
-local unacked, index = KEYS[n + 1], KEYS[n + 2]
+local n = #KEYS - 3
+local unacked, index, taken = KEYS[n + 1], KEYS[n + 2], KEYS[n + 3]
 local out = {}
 for _ = 1, tonumber(ARGV[1]) do
   local raw, from
@@ -66,19 +85,32 @@ for _ = 1, tonumber(ARGV[1]) do
   redis.call('HSET', unacked, tag,
     '[' .. raw .. ',' .. cjson.encode(info['exchange']) .. ',' ..
     cjson.encode(info['routing_key']) .. ']')
+  redis.call('HSET', taken, tag, from)
   out[#out + 1] = raw
 end
 return out
 """
 
+# Acked tags whose removal from Redis is pending, and tags a closed channel could not give back:
+# per process, so that the channel of the next connection finishes the work. Appended by any
+# thread, drained by the consumer thread: deque ops are atomic.
+_acked: deque[str] = deque()
+_to_restore: deque[str] = deque()
+
+
+def _active_tags() -> set[str]:
+    """Delivery tags of the tasks this process is running now (Celery's worker state)."""
+    from celery.worker import state
+
+    return {
+        str(tag)
+        for request in tuple(state.active_requests)
+        if (tag := getattr(getattr(request, "message", None), "delivery_tag", None))
+    }
+
 
 class QoS(kombu_redis.QoS):
     """Acks recorded at once, removed from Redis in batches by the consumer thread."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        # appended by any thread, drained by the consumer thread: deque ops are atomic
-        self._acked: deque[str] = deque()
 
     def append(self, message: Any, delivery_tag: str) -> None:
         if self.channel.delivering_fetched:
@@ -88,11 +120,12 @@ class QoS(kombu_redis.QoS):
         super().append(message, delivery_tag)
 
     def ack(self, delivery_tag: str) -> None:
-        self._acked.append(delivery_tag)
+        _acked.append(delivery_tag)
         full = not super().can_consume()
         # kombu's in-memory ack (virtual.QoS): frees the prefetch slot
         super(kombu_redis.QoS, self).ack(delivery_tag)
-        hub = self.channel.connection.hub
+        connection = self.channel.connection
+        hub = connection.hub if connection is not None else None
         if full and hub is not None:
             # With every slot taken the consumer stops polling the queue and sleeps until its
             # next timer (up to seconds); wake it so the freed slot takes a message now.
@@ -102,18 +135,23 @@ class QoS(kombu_redis.QoS):
         # asked by the consumer thread before every poll: the moment to flush
         try:
             self.flush_acks()
+            self.flush_restores()
         except redis.RedisError as exc:
-            # kept for the next poll; a lost connection also fails the consumer's BRPOP, which
+            # kept for the next poll; a lost connection also fails the consumer's wait, which
             # reconnects, so this only logs
-            log.warning("could not remove acked messages from Redis yet: %s", exc)
+            log.warning("could not update the unacked messages in Redis yet: %s", exc)
         return bool(super().can_consume())
+
+    def _remove_from_indices(self, delivery_tag: str, pipe: Any = None) -> Any:
+        pipe = super()._remove_from_indices(delivery_tag, pipe)
+        return pipe.hdel(self.channel.taken_key, delivery_tag)
 
     def flush_acks(self) -> None:
         """Remove every tag acked so far from the unacked hash and index, in one round trip."""
         tags: list[str] = []
         while True:
             try:
-                tags.append(self._acked.popleft())
+                tags.append(_acked.popleft())
             except IndexError:
                 break
         if not tags:
@@ -123,46 +161,177 @@ class QoS(kombu_redis.QoS):
                 pipe = client.pipeline()
                 pipe.zrem(self.unacked_index_key, *tags)
                 pipe.hdel(self.unacked_key, *tags)
+                pipe.hdel(self.channel.taken_key, *tags)
                 pipe.execute()
         except redis.RedisError:
-            self._acked.extendleft(reversed(tags))
+            _acked.extendleft(reversed(tags))
             raise
+
+    def flush_restores(self) -> None:
+        """Give back what a closed channel could not: tags neither acked nor running by now."""
+        if not _to_restore:
+            return
+        keep: list[str] = []
+        acked, active = set(_acked), _active_tags()
+        with self.channel.conn_or_acquire() as client:
+            while _to_restore:
+                tag = _to_restore.popleft()
+                if tag in acked:
+                    continue
+                if tag in active:
+                    keep.append(tag)  # still running here: its ack removes it
+                    continue
+                try:
+                    self.restore_by_tag(tag, client=client)
+                except redis.RedisError:
+                    _to_restore.appendleft(tag)
+                    _to_restore.extend(keep)
+                    raise
+        _to_restore.extend(keep)
 
     def restore_unacked(self, client: Any = None) -> Any:
         self.flush_acks()
         return super().restore_unacked(client)
 
+    def reject(self, delivery_tag: str, requeue: bool = False) -> None:
+        try:
+            super().reject(delivery_tag, requeue)
+        except redis.RedisError:
+            # Redis away (or the channel closed under the task): given back once it answers
+            _to_restore.append(delivery_tag)
+            super(kombu_redis.QoS, self).ack(delivery_tag)
+
     def restore_unacked_once(self, stderr: Any = None) -> Any:
-        # at shutdown: acked messages must not be left to come back after the visibility timeout
+        # The channel closes at shutdown and when Redis goes away. Acked messages must not come
+        # back after the visibility timeout; a running task's message stays this process's
+        # (its ack removes it; if the process dies, the reaper gives it back); the rest go back
+        # to the queue now, or once Redis answers again (flush_restores).
+        active = _active_tags()
+        for tag in [t for t in self._delivered if t in active]:
+            self._delivered.pop(tag, None)
+        pending = [str(tag) for tag in self._delivered if tag not in self._dirty]
         try:
             self.flush_acks()
-        except redis.RedisError:
-            pass
-        return super().restore_unacked_once(stderr)
+            return super().restore_unacked_once(stderr)
+        except (redis.RedisError, OSError) as exc:
+            log.warning(
+                "Redis unavailable while closing the channel (%s): its %d unacked messages go "
+                "back once it answers",
+                exc,
+                len(pending),
+            )
+            _to_restore.extend(pending)
+            self._delivered.clear()
+            self._delivered.restored = True  # type: ignore[attr-defined]
+            return None
 
 
 class Channel(kombu_redis.Channel):
-    """A channel that reuses one sync client and tops up its prefetch in batches."""
+    """A channel that reuses one sync client and takes messages only with their record."""
 
     QoS = QoS
     delivering_fetched = False
+    _waiting = "BLMOVE"
+    _refusing = False  # Redis refused our last attempt (logged once per episode)
+    _pause_next = False
+    liveness_ttl = 10.0
+    reap_interval = 3.0
+    queue_time_limits: dict[str, float] | None = None  # queue -> its tasks' time limit (s)
+    from_transport_options = (  # type: ignore[assignment]
+        *kombu_redis.Channel.from_transport_options,
+        "liveness_ttl",
+        "reap_interval",
+        "queue_time_limits",
+    )
+
+    @cached_property
+    def taken_key(self) -> str:
+        """This process's hash of the messages it holds (tasks/liveness.py)."""
+        return ConsumerKeys(self.unacked_key).taken(consumer_id())
+
+    def basic_consume(self, queue: str, *args: Any, **kwargs: Any) -> Any:
+        if not self.global_keyprefix:
+            liveness.ensure_running(
+                self._liveness_client,
+                self.unacked_key,
+                self.unacked_index_key,
+                float(self.liveness_ttl),
+                float(self.reap_interval),
+                self.queue_time_limits,
+            )
+        return super().basic_consume(queue, *args, **kwargs)
+
+    def _liveness_client(self) -> redis.Redis:
+        params = self._connparams()
+        params.update(socket_timeout=5, socket_connect_timeout=5)
+        return redis.Redis(connection_pool=redis.ConnectionPool(**params))
+
+    def _brpop_start(self, timeout: float | None = None) -> None:
+        if self.global_keyprefix:
+            super()._brpop_start(timeout)
+            return
+        if timeout is None:
+            timeout = self.brpop_timeout
+        queues = self._queue_cycle.consume(len(self.active_queues))
+        if not queues:
+            return
+        if len(self.active_queues) > 1:
+            timeout = min(timeout or MULTI_QUEUE_WAIT, MULTI_QUEUE_WAIT)
+            self._queue_cycle.rotate(queues[0])  # the next wait watches the next queue
+        self._in_poll = self.client.connection
+        self._brpop_sent_at = time.monotonic()  # type: ignore[assignment]
+        if self._pause_next:
+            # Redis refuses our writes (OOM, READONLY, MISCONF): wait a second with a read-only
+            # blocking command, which every state of Redis serves, then try again
+            key = f"{self.unacked_key}:pause"
+            self._waiting = "XREAD"
+            self.client.connection.send_command("XREAD", "BLOCK", PAUSE_MS, "STREAMS", key, "$")
+            return
+        key = self._q_for_pri(queues[0], self.priority_steps[0])
+        self._waiting = "BLMOVE"
+        # a wait that takes nothing: the tail element moves onto the tail of the same list
+        self.client.connection.send_command("BLMOVE", key, key, "RIGHT", "RIGHT", timeout or 0)
 
     def _brpop_read(self, **options: Any) -> bool:
-        delivered: bool = super()._brpop_read(**options)
-        if delivered and not self.global_keyprefix:
-            self._fetch_more()
-        return delivered
+        if self.global_keyprefix:
+            return bool(super()._brpop_read(**options))
+        try:
+            try:
+                self.client.parse_response(self.client.connection, self._waiting, **options)
+            except self.connection_errors:
+                # disconnect so the next poll reconnects
+                self.client.connection.disconnect()
+                raise
+            if self._waiting == "XREAD":
+                self._pause_next = False
+                raise Empty()
+            delivered = self._fetch_more()
+        except redis.ResponseError as exc:
+            if not self._refusing:
+                log.warning("Redis refuses to hand out messages (%s); retrying every second", exc)
+            self._refusing = self._pause_next = True
+            raise Empty() from None
+        finally:
+            self._in_poll = None  # type: ignore[assignment]
+            self._flush_brpop_reauth()
+        if self._refusing:
+            log.info("Redis hands out messages again")
+            self._refusing = False
+        if not delivered:
+            raise Empty()
+        return True
 
-    def _fetch_more(self) -> None:
+    def _fetch_more(self) -> int:
         """Deliver up to the remaining prefetch credit from the queues, a batch per round trip."""
+        delivered = 0
         for queue in self.active_queues:
             while True:
                 credit = self.qos.can_consume_max_estimate()
                 want = FETCH_BATCH if credit is None else min(credit, FETCH_BATCH)
                 if want <= 0:
-                    return
+                    return delivered
                 keys = [self._q_for_pri(queue, pri) for pri in self.priority_steps]
-                keys += [self.unacked_key, self.unacked_index_key]
+                keys += [self.unacked_key, self.unacked_index_key, self.taken_key]
                 raws = self._fetch_script(keys=keys, args=[want, time.time()])
                 self.delivering_fetched = True
                 try:
@@ -170,8 +339,10 @@ class Channel(kombu_redis.Channel):
                         self.connection._deliver(loads(bytes_to_str(raw)), queue)
                 finally:
                     self.delivering_fetched = False
+                delivered += len(raws)
                 if len(raws) < want:
                     break
+        return delivered
 
     @cached_property
     def _fetch_script(self) -> Any:
@@ -179,6 +350,9 @@ class Channel(kombu_redis.Channel):
 
     @cached_property
     def _shared_client(self) -> redis.Redis:
+        if self.connection is None or self.connection.client is None:
+            # closed under us (Redis went away): a connection error, which Celery rides through
+            raise redis.ConnectionError("the broker connection is closed")
         return self._create_client()  # type: ignore[no-any-return]
 
     @contextmanager
@@ -186,8 +360,9 @@ class Channel(kombu_redis.Channel):
         yield client or self._shared_client
 
     def _disconnect_pools(self) -> None:
-        # the shared client points at the pool being dropped
+        # the shared client and its script point at the pool being dropped
         self.__dict__.pop("_shared_client", None)
+        self.__dict__.pop("_fetch_script", None)
         super()._disconnect_pools()
 
 
