@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -99,8 +100,44 @@ async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     return error_response(exc.status_code, code, str(exc.detail), headers=exc.headers)
 
 
+# Error replies of a Redis that cannot serve right now but will (loading its data, a replica
+# without its primary, out of memory, a failing disk save, a busy script): the client should try
+# again, so 503. Every other error reply (WRONGTYPE, a syntax error) is our bug: 500. redis-py
+# turns some into classes (and strips their prefix from the text); the rest are matched by prefix.
+_UNAVAILABLE = (
+    redis.exceptions.ConnectionError,  # with BusyLoadingError (LOADING)
+    redis.exceptions.TimeoutError,
+    redis.exceptions.ReadOnlyError,
+    redis.exceptions.OutOfMemoryError,
+    redis.exceptions.MasterDownError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.ClusterDownError,
+)
+# Inside a script, Redis may wrap the reply: "ERR Error running script (...): ... -READONLY ...".
+_UNAVAILABLE_REPLY = re.compile(
+    r"^(?:ERR Error running script.*?-)?"
+    r"(?:LOADING|READONLY|OOM|MISCONF|MASTERDOWN|NOREPLICAS|BUSY |TRYAGAIN|CLUSTERDOWN)",
+    re.DOTALL,
+)
+
+
+def redis_unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` means Redis can't serve right now (503), rather than a bug of ours."""
+    if isinstance(exc, _UNAVAILABLE):
+        return True
+    return isinstance(exc, redis.exceptions.ResponseError) and bool(
+        _UNAVAILABLE_REPLY.match(str(exc))
+    )
+
+
+async def _redis_reply(request: Request, exc: Exception) -> JSONResponse:
+    if redis_unavailable(exc):
+        return await _redis_down(request, exc)
+    return await _unexpected(request, exc)
+
+
 async def _redis_down(_: Request, exc: Exception) -> JSONResponse:
-    log.warning("redis unavailable: %s", type(exc).__name__)
+    log.warning("redis unavailable: %s: %.100s", type(exc).__name__, exc)
     return error_response(
         503,
         "redis_unavailable",
@@ -121,4 +158,5 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(redis.exceptions.ConnectionError, _redis_down)
     app.add_exception_handler(redis.exceptions.TimeoutError, _redis_down)
+    app.add_exception_handler(redis.exceptions.ResponseError, _redis_reply)
     app.add_exception_handler(Exception, _unexpected)
