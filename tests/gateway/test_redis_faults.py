@@ -48,7 +48,7 @@ HOOK = b'{"type":"invoice.paid","id":"evt-1"}'
 # every route that touches Redis, by the client that carries it (pipelined or redis.asyncio)
 REQUESTS: list[tuple[str, str, dict[str, Any]]] = [
     ("post", "/v1/jobs/echo", {"json": {"message": "hi"}, "headers": AUTH}),
-    ("post", "/v1/jobs/echo", {"json": {"message": "hi"}, "headers": {**AUTH, "Idempotency-Key": "k"}}),
+    ("post", "/v1/jobs/echo", {"json": {"message": "hi"}, "headers": {**AUTH, "Idempotency-Key": "k"}}),  # noqa: E501
     ("get", "/v1/jobs/some-id", {"headers": AUTH}),
     ("get", "/v1/jobs/some-id/deliveries", {"headers": AUTH}),
     ("post", "/v1/webhooks/plain", {"content": HOOK, "headers": {
@@ -141,9 +141,9 @@ def own_redis(tmp_path: Path) -> Iterator[tuple[redis.Redis, str, Path]]:
     data = tmp_path / "data"
     data.mkdir()
     port = free_port()
+    args = ["--port", str(port), "--bind", "127.0.0.1", "--dir", str(data), "--save", ""]
     proc = subprocess.Popen(
-        [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data)]
-        + ["--save", "", "--appendonly", "no"],
+        [redis_binary(), *args],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
