@@ -129,6 +129,10 @@ class Settings(BaseSettings):
     # Periodic jobs run by beat (TOML file; see README)
     periodic_jobs_file: Path | None = None
 
+    # Input bounds: how far ahead a job may be scheduled (delay_seconds or run_at; 422 beyond).
+    # A scheduled job's record is kept until it is due plus JOB_TTL_SECONDS.
+    max_delay_seconds: int = Field(default=30 * 24 * 3600, ge=0)
+
     @field_validator(
         "api_keys",
         "signing_secrets",
