@@ -42,6 +42,8 @@ def run_api(host: str, port: int, workers: int = 1) -> int:
     """Serve the API with uvicorn."""
     import uvicorn
 
+    from gateway.http_limits import LimitedHttpToolsProtocol
+
     uvicorn.run(
         "gateway.main:create_app",
         factory=True,
@@ -49,7 +51,7 @@ def run_api(host: str, port: int, workers: int = 1) -> int:
         port=port,
         workers=workers,
         loop="auto",
-        http="auto",
+        http=LimitedHttpToolsProtocol,  # uvicorn's httptools protocol, with a header limit
         access_log=False,
         proxy_headers=False,
         log_level="info",
