@@ -8,8 +8,9 @@ over, and roughly, by the bytes received while the head is incomplete (so one en
 cut off after at most one read beyond the limit, not when it ends).
 
 Relies on uvicorn's private HttpToolsProtocol (its parser callbacks, data_received and
-send_400_response) of uvicorn 0.x, whose major pyproject.toml should pin (<1); tests/gateway/test_header_limits.py runs
-it through a real `gateway api` process, so an upgrade that changes them fails there.
+send_400_response) of uvicorn 0.x, whose major pyproject.toml should pin (<1);
+tests/gateway/test_header_limits.py runs it through a real `gateway api` process, so an upgrade
+that changes them fails there.
 """
 
 from __future__ import annotations
