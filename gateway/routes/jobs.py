@@ -70,7 +70,11 @@ class JobView(BaseModel):
 _SUBMIT_DOC: dict[str, Any] = {
     "parameters": [
         {"name": "Authorization", "in": "header", "required": True, "schema": {"type": "string"}},
-        {"name": "Idempotency-Key", "in": "header", "schema": {"type": "string", "maxLength": 255}},
+        {
+            "name": "Idempotency-Key",
+            "in": "header",
+            "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+        },
     ],
     "requestBody": {
         "required": True,
