@@ -170,7 +170,18 @@ class PipelinedRedis:
         protocol = self._protocol
         if protocol is None or protocol.closed:
             protocol = await self._connect()
-        return await self._send(protocol, [packed])[0]
+        if protocol.closed:  # lost while this caller waited for the connection
+            raise RedisConnectionError("connection to Redis lost")
+        # the hot path (one job create per request): _send's steps for a single command
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        protocol.pending.append((future, time.monotonic() + self.timeout))
+        protocol.outbox.append(packed)
+        if len(protocol.outbox) == 1:
+            loop.call_soon(protocol.flush)
+        if self._watchdog is None:
+            self._watchdog = loop.call_later(self.timeout, self._check)
+        return await future
 
     async def eval_script(self, script: str, sha: str, keys: list[str], args: list[Any]) -> Any:
         """EVALSHA, loading the script once if Redis does not know it (restart, flush)."""
