@@ -282,10 +282,17 @@ class PipelinedRedis:
 
 
 def _pack(args: tuple[Any, ...]) -> bytes:
-    """One command in RESP; raises DataError (and queues nothing) for what can't be encoded."""
+    """One command in RESP, refused as redis-py refuses it (and with no reply slot taken).
+
+    Like redis-py: an argument of a type Redis has no form for (our bug) is a DataError; text that
+    can't be UTF-8 (a lone surrogate: the data's fault) raises UnicodeEncodeError itself, not a
+    RedisError, so a worker does not hand its message back for a retry that would fail the same way.
+    """
     try:
         return hiredis.pack_command(args)  # type: ignore[no-any-return]
-    except (TypeError, ValueError) as exc:  # UnicodeEncodeError is a ValueError
+    except UnicodeEncodeError:
+        raise
+    except (TypeError, ValueError) as exc:
         raise DataError(f"cannot encode a Redis command argument: {exc}") from exc
 
 
