@@ -12,6 +12,7 @@ import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 import redis
@@ -26,7 +27,7 @@ SECRET = "bounds-inbound-secret"
 MAX_DELAY = 30 * 24 * 3600
 
 
-def post_raw(client: TestClient, body: bytes, **headers: str) -> tuple[int, dict]:
+def post_raw(client: TestClient, body: bytes, **headers: str) -> tuple[int, dict[str, Any]]:
     response = client.post("/v1/jobs/echo", content=body, headers={**JSON, **headers})
     return response.status_code, response.json()
 
@@ -122,8 +123,12 @@ def test_the_longest_delay_keeps_the_job_record_until_it_is_due_and_after(
     ttl = quiet_redis.ttl(f"{prefix}job:{answer['id']}")
     job_ttl = 7 * 24 * 3600
     assert MAX_DELAY + job_ttl - 60 <= ttl <= MAX_DELAY + job_ttl + 1
-    [(_, due)] = quiet_redis.zrange(f"{prefix}schedule", 0, -1, withscores=True)
-    assert due + job_ttl - 60 <= time.time() + ttl  # the record outlives its schedule entry
+    [(_, due)] = cast(
+        list[tuple[bytes, float]], quiet_redis.zrange(f"{prefix}schedule", 0, -1, withscores=True)
+    )
+    assert due + job_ttl - 60 <= time.time() + cast(
+        int, ttl
+    )  # the record outlives its schedule entry
 
 
 def test_max_delay_is_a_setting(quiet_redis_url: str, prefix: str) -> None:
