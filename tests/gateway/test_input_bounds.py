@@ -86,6 +86,15 @@ def test_escapes_that_make_valid_text_and_the_deepest_allowed_nesting_are_accept
         assert json.loads(stored or b"") == {"message": message}
 
 
+def test_an_idempotency_key_beyond_ascii_is_stored_and_replayed(client: TestClient) -> None:
+    headers = {**AUTH, "Idempotency-Key": "clé-ÿ".encode("latin-1")}  # as HTTP carries it
+    first = client.post("/v1/jobs/echo", json={"message": 1}, headers=headers)
+    again = client.post("/v1/jobs/echo", json={"message": 1}, headers=headers)
+    assert (first.status_code, again.status_code) == (202, 202)
+    assert again.json()["id"] == first.json()["id"]
+    assert again.headers["Idempotent-Replayed"] == "true"
+
+
 @pytest.mark.parametrize(
     "envelope",
     [
