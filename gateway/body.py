@@ -42,10 +42,10 @@ MAX_JSON_DEPTH = 64
 
 def parse_object(raw: bytes) -> dict[str, Any]:
     """The body as a JSON object, or 400 (not JSON, too deep, a lone surrogate, NaN/Infinity)."""
-    # Cheap screens first (C-speed scans of a body of at most MAX_JOB_BODY_BYTES): only a body
-    # with \u escapes or more brackets than the depth limit can break either rule, and only it
-    # pays for the strict parse.
-    if b"\\u" in raw or raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH:
+    # Cheap screens first (C-speed scans, ~1.5 us for 1 KB): only a body with a backslash (a \u
+    # escape) or more brackets than the depth limit can break either rule, and only it pays for
+    # the strict parse.
+    if raw.find(b"\\") >= 0 or raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH:
         check_strict_json(raw)
     try:
         value = _DECODER.decode(raw.decode())
