@@ -1,10 +1,12 @@
-"""Reading a request body within limits: size refused before it is read whole, JSON only."""
+"""Reading a request body within limits: size refused before it is read whole, JSON only, nested
+at most MAX_JSON_DEPTH deep, every string valid Unicode (no lone surrogates: Redis stores UTF-8)."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
+import orjson
 from fastapi import Request
 
 from gateway.errors import ApiError
@@ -35,15 +37,66 @@ async def read_limited(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+MAX_JSON_DEPTH = 64
+
+
 def parse_object(raw: bytes) -> dict[str, Any]:
-    """The body as a JSON object, or 400."""
+    """The body as a JSON object, or 400 (not JSON, too deep, a lone surrogate, NaN/Infinity)."""
+    # Cheap screens first (C-speed scans, ~1.5 us for 1 KB): only a body with a backslash (a \u
+    # escape) or more brackets than the depth limit can break either rule, and only it pays for
+    # the strict parse.
+    if raw.find(b"\\") >= 0 or raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH:
+        check_strict_json(raw)
     try:
-        value = json.loads(raw)
-    except ValueError as exc:
-        raise ApiError(400, "invalid_json", f"the body is not valid JSON: {exc.args[0]}") from exc
+        value = _DECODER.decode(raw.decode())
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raise ApiError(400, "invalid_json", f"the body is not valid JSON: {exc}") from exc
     if not isinstance(value, dict):
         raise ApiError(400, "invalid_json", "the body must be a JSON object")
     return value
+
+
+def check_strict_json(raw: bytes | str) -> None:
+    """400 unless ``raw`` is JSON nested at most MAX_JSON_DEPTH deep with no lone surrogates.
+
+    orjson refuses lone surrogates (which Redis could not store as UTF-8) and nesting beyond
+    1024 without recursing in Python; the walk below then counts depth without recursion.
+    """
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ApiError(400, "invalid_json", f"the body is not valid JSON: {exc}") from exc
+    level = [value]
+    for _ in range(MAX_JSON_DEPTH):
+        level = [
+            child
+            for node in level
+            if isinstance(node, dict | list)
+            for child in (node.values() if isinstance(node, dict) else node)
+        ]
+        if not level:
+            return
+    if any(isinstance(node, dict | list) for node in level):
+        raise ApiError(400, "invalid_json", f"the body is nested deeper than {MAX_JSON_DEPTH}")
+
+
+def encodable(text: str) -> bool:
+    """Whether ``text`` can be stored as UTF-8 (no lone surrogates)."""
+    if text.isascii():
+        return True
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
+
+
+# built once: json.loads with any option builds a new decoder per call
+_DECODER = json.JSONDecoder(parse_constant=_no_constant)
 
 
 def _too_large(limit: int) -> ApiError:

@@ -51,6 +51,7 @@ def run_api(host: str, port: int, workers: int = 1) -> int:
     import uvicorn
 
     from gateway.dev import announce_dev_key, check_bind
+    from gateway.http_limits import LimitedHttpToolsProtocol
     from gateway.settings import get_settings
 
     settings = get_settings()
@@ -64,7 +65,7 @@ def run_api(host: str, port: int, workers: int = 1) -> int:
         port=port,
         workers=workers,
         loop="auto",
-        http="auto",
+        http=LimitedHttpToolsProtocol,  # uvicorn's httptools protocol, with a header limit
         access_log=False,
         proxy_headers=False,
         log_level="info",

@@ -148,6 +148,13 @@ class Settings(BaseSettings):
     worker_liveness_ttl_seconds: float = Field(default=10.0, gt=1)
     worker_reap_interval_seconds: float = Field(default=3.0, gt=0.1)
 
+    # Input bounds: how far ahead a job may be scheduled (delay_seconds or run_at; 422 beyond).
+    # A scheduled job's record is kept until it is due plus JOB_TTL_SECONDS.
+    max_delay_seconds: int = Field(default=30 * 24 * 3600, ge=0)
+    # The request line and headers of one request, together (431 beyond; uvicorn's httptools
+    # protocol has no limit of its own).
+    max_header_bytes: int = Field(default=32 * 1024, ge=1024)
+
     @field_validator(
         "api_keys",
         "signing_secrets",

@@ -7,6 +7,12 @@ order and are parsed by hiredis. Many requests in flight share one socket, as Re
 intends. Failures surface as redis-py's exceptions, so the API's 503 handler covers them:
 connection refused or lost -> ConnectionError; no reply within ``timeout`` -> TimeoutError (and the
 connection is dropped, since its reply stream can no longer be trusted).
+
+The invariant is one request, one reply, in order: a command is packed before a reply slot is
+taken (one that can't be encoded fails only its caller), a transaction is packed whole before any
+of it is queued, and a lost connection fails every waiting caller and is never reused
+(tests/tasks/test_pipelined_faults.py drives it at random). Kept as one module, over 250 lines,
+because every part of it (queueing, writing, reading, failing) upholds that one invariant.
 """
 
 from __future__ import annotations
@@ -18,13 +24,54 @@ from collections.abc import Mapping
 from typing import Any
 
 import hiredis
-from redis.asyncio.connection import parse_url
+from redis.exceptions import (
+    AuthenticationError,
+    BusyLoadingError,
+    DataError,
+    ExecAbortError,
+    MasterDownError,
+    NoPermissionError,
+    NoScriptError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    ResponseError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from tasks.pipelined_url import address_of
+
+# Redis error prefixes redis-py turns into its own classes; the API tells a store that cannot
+# serve right now (LOADING, READONLY, OOM, ...: 503) from our own bug (WRONGTYPE: 500) by them.
+_ERRORS: dict[str, type[Exception]] = {
+    "NOSCRIPT": NoScriptError,
+    "LOADING": BusyLoadingError,
+    "READONLY": ReadOnlyError,
+    "OOM": OutOfMemoryError,
+    "MASTERDOWN": MasterDownError,
+    "TRYAGAIN": TryAgainError,
+    "EXECABORT": ExecAbortError,
+    "NOPERM": NoPermissionError,
+    "NOAUTH": AuthenticationError,
+    "WRONGPASS": AuthenticationError,
+}
+
+
+def _error_of(reply: ResponseError) -> Exception:
+    text = str(reply)
+    cls = _ERRORS.get(text.partition(" ")[0])
+    return cls(text) if cls is not None else reply
 
 
 class _Protocol(asyncio.Protocol):
+    """One connection's reply stream: ``pending`` holds one future per command written, in order.
+
+    The invariant everything rests on: a future enters ``pending`` in the same synchronous step
+    that puts its packed command in ``outbox``, and leaves it only for its own reply, or when the
+    connection fails (then every pending future fails with it and the connection is never reused).
+    """
+
     def __init__(self) -> None:
         self.reader = hiredis.Reader(replyError=ResponseError)
         self.pending: deque[tuple[asyncio.Future[Any], float]] = deque()
@@ -43,13 +90,22 @@ class _Protocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.reader.feed(data)
-        while (reply := self.reader.gets()) is not False:
+        while True:
+            try:
+                reply = self.reader.gets()
+            except hiredis.ProtocolError as exc:
+                self.fail(RedisConnectionError(f"unreadable reply from Redis: {exc}"))
+                return
+            if reply is False:
+                return
+            if not self.pending:  # a reply nobody asked for: the stream can't be trusted
+                self.fail(RedisConnectionError("unexpected reply from Redis"))
+                return
             future, _ = self.pending.popleft()
-            if future.done():
+            if future.done():  # its caller gave up (cancelled); the reply is still its own
                 continue
             if isinstance(reply, ResponseError):
-                text = str(reply)
-                future.set_exception(NoScriptError(text) if text.startswith("NOSCRIPT") else reply)
+                future.set_exception(_error_of(reply))
             else:
                 future.set_result(reply)
 
@@ -58,6 +114,7 @@ class _Protocol(asyncio.Protocol):
 
     def fail(self, exc: Exception) -> None:
         self.closed = True
+        self.outbox.clear()
         while self.pending:
             future, _ = self.pending.popleft()
             if not future.done():
@@ -99,17 +156,9 @@ class PipelinedRedis:
     """One Redis connection shared by every caller of a process (re-opened after a failure)."""
 
     def __init__(self, url: str, timeout: float) -> None:
-        options = parse_url(url)
-        self.host = str(options.get("host", "127.0.0.1"))
-        self.port = int(options.get("port", 6379))
-        self.ssl = url.startswith("rediss://")
-        self.setup: list[tuple[Any, ...]] = []
-        if options.get("password"):
-            user = options.get("username")
-            auth = ("AUTH", user, options["password"]) if user else ("AUTH", options["password"])
-            self.setup.append(auth)
-        if options.get("db"):
-            self.setup.append(("SELECT", options["db"]))
+        # a URL it cannot honour stops the process here, at start-up, not at the first request
+        self.address = address_of(url)
+        self.setup = self.address.setup
         self.timeout = timeout
         self._protocol: _Protocol | None = None
         self._connecting: asyncio.Lock | None = None
@@ -117,10 +166,22 @@ class PipelinedRedis:
 
     async def execute(self, *args: Any) -> Any:
         """Send one command; returns its reply or raises redis-py's exception for it."""
+        packed = _pack(args)  # before the connection: a command that can't be sent takes no slot
         protocol = self._protocol
         if protocol is None or protocol.closed:
             protocol = await self._connect()
-        return await self._send(protocol, args)
+        if protocol.closed:  # lost while this caller waited for the connection
+            raise RedisConnectionError("connection to Redis lost")
+        # the hot path (one job create per request): _send's steps for a single command
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        protocol.pending.append((future, time.monotonic() + self.timeout))
+        protocol.outbox.append(packed)
+        if len(protocol.outbox) == 1:
+            loop.call_soon(protocol.flush)
+        if self._watchdog is None:
+            self._watchdog = loop.call_later(self.timeout, self._check)
+        return await future
 
     async def eval_script(self, script: str, sha: str, keys: list[str], args: list[Any]) -> Any:
         """EVALSHA, loading the script once if Redis does not know it (restart, flush)."""
@@ -136,18 +197,17 @@ class PipelinedRedis:
         As in any Redis transaction, a command that fails when it runs (WRONGTYPE) does not undo
         the others; the error is raised all the same so the caller does not carry on unaware.
         """
+        # all packed before any is queued: one that can't be encoded leaves no half transaction
+        packed = [_MULTI, *(_pack(command) for command in commands.items), _EXEC]
         protocol = self._protocol
         if protocol is None or protocol.closed:
             protocol = await self._connect()
-        # written back to back with no await in between: no other caller's command lands inside
-        sent = [self._send(protocol, ("MULTI",))]
-        sent += [self._send(protocol, command) for command in commands.items]
-        sent.append(self._send(protocol, ("EXEC",)))
-        replies = await asyncio.gather(*sent, return_exceptions=True)
+        # queued in one step, with no await in between: no other caller's command lands inside
+        replies = await asyncio.gather(*self._send(protocol, packed), return_exceptions=True)
         results: list[Any] = replies[-1] if isinstance(replies[-1], list) else []
         for reply in (*replies, *results):
             if isinstance(reply, BaseException):
-                raise reply
+                raise _error_of(reply) if isinstance(reply, ResponseError) else reply
         return results
 
     async def close(self) -> None:
@@ -156,16 +216,22 @@ class PipelinedRedis:
             self._protocol.fail(RedisConnectionError("client closed"))
             self._protocol = None
 
-    def _send(self, protocol: _Protocol, args: tuple[Any, ...]) -> asyncio.Future[Any]:
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        protocol.pending.append((future, time.monotonic() + self.timeout))
+    def _send(self, protocol: _Protocol, packed: list[bytes]) -> list[asyncio.Future[Any]]:
+        """Queue already packed commands and one reply future each, in one synchronous step."""
+        loop = asyncio.get_running_loop()
+        if protocol.closed:  # lost while this caller waited for the connection
+            raise RedisConnectionError("connection to Redis lost")
+        deadline = time.monotonic() + self.timeout
+        futures = [loop.create_future() for _ in packed]
+        protocol.pending.extend((future, deadline) for future in futures)
         # commands of one event-loop pass leave in one write: one syscall for many requests
-        protocol.outbox.append(hiredis.pack_command(args))
-        if len(protocol.outbox) == 1:
-            asyncio.get_running_loop().call_soon(protocol.flush)
+        first = not protocol.outbox
+        protocol.outbox.extend(packed)
+        if first:
+            loop.call_soon(protocol.flush)
         if self._watchdog is None:
-            self._watchdog = asyncio.get_running_loop().call_later(self.timeout, self._check)
-        return future
+            self._watchdog = loop.call_later(self.timeout, self._check)
+        return futures
 
     def _check(self) -> None:
         """Drop the connection if its oldest call has waited past the timeout."""
@@ -187,18 +253,48 @@ class PipelinedRedis:
             if self._protocol is not None and not self._protocol.closed:
                 return self._protocol
             loop = asyncio.get_running_loop()
+            address = self.address
             try:
-                _, protocol = await asyncio.wait_for(
-                    loop.create_connection(_Protocol, self.host, self.port, ssl=self.ssl or None),
-                    self.timeout,
-                )
+                if address.path is not None:
+                    opening = loop.create_unix_connection(_Protocol, address.path)
+                else:
+                    opening = loop.create_connection(
+                        _Protocol,
+                        address.host,
+                        address.port,
+                        ssl=address.tls,
+                        server_hostname=address.server_hostname,
+                    )
+                _, protocol = await asyncio.wait_for(opening, self.timeout)
             except (OSError, TimeoutError) as exc:
                 raise RedisConnectionError(f"cannot connect to Redis: {exc}") from exc
             try:
-                replies = [self._send(protocol, command) for command in self.setup]
+                replies = self._send(protocol, [_pack(command) for command in self.setup])
                 await asyncio.wait_for(asyncio.gather(*replies), self.timeout)
-            except (ResponseError, TimeoutError) as exc:
-                protocol.fail(RedisConnectionError(f"Redis refused the connection setup: {exc}"))
-                raise RedisConnectionError(f"Redis refused the connection setup: {exc}") from exc
+            except Exception as exc:  # any failure here leaves the connection unusable
+                failure = RedisConnectionError(f"Redis refused the connection setup: {exc}")
+                protocol.fail(failure)
+                if isinstance(exc, RedisConnectionError):  # e.g. LOADING, wrong password
+                    raise
+                raise failure from exc
             self._protocol = protocol
             return protocol
+
+
+def _pack(args: tuple[Any, ...]) -> bytes:
+    """One command in RESP, refused as redis-py refuses it (and with no reply slot taken).
+
+    Like redis-py: an argument of a type Redis has no form for (our bug) is a DataError; text that
+    can't be UTF-8 (a lone surrogate: the data's fault) raises UnicodeEncodeError itself, not a
+    RedisError, so a worker does not hand its message back for a retry that would fail the same way.
+    """
+    try:
+        return hiredis.pack_command(args)  # type: ignore[no-any-return]
+    except UnicodeEncodeError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"cannot encode a Redis command argument: {exc}") from exc
+
+
+_MULTI = _pack(("MULTI",))
+_EXEC = _pack(("EXEC",))

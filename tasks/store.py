@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -130,6 +131,8 @@ def create_call(
     keys: Keys, ttl: int, job: NewJob, message: str, queue: str, idem: Idempotency | None
 ) -> tuple[list[str], list[Any]]:
     """KEYS and ARGV of the create script for ``job``."""
+    if job.due:  # a scheduled job's record outlives its schedule entry by the usual ttl
+        ttl += max(0, math.ceil(job.due - time.time()))
     fields = encode(
         {
             "id": job.id,

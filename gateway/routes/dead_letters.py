@@ -10,13 +10,29 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, BeforeValidator, Field
 
 from gateway.deps import OwnerDep
 from gateway.errors import ApiError, responses
 from tasks.dead_letters import DeadLetters
 
 router = APIRouter(prefix="/v1/dead-letters", tags=["dead letters"])
+
+
+def _timestamp_text(value: object) -> object:
+    """Only ISO 8601 text: pydantic would also read a number as epoch seconds, which the
+    schema (a date-time string) does not promise."""
+    if isinstance(value, str):
+        try:
+            float(value)
+        except ValueError:
+            return value
+    elif not isinstance(value, int | float):
+        return value
+    raise ValueError("must be an ISO 8601 timestamp, e.g. 2026-01-31T12:00:00Z")
+
+
+IsoTime = Annotated[datetime, BeforeValidator(_timestamp_text)]
 
 
 class DeadLetter(BaseModel):
@@ -37,8 +53,8 @@ class BulkReplay(BaseModel):
     """Which dead letters to replay: a kind (job kind or "callback") and a time range."""
 
     kind: str | None = None
-    since: datetime | None = None
-    until: datetime | None = None
+    since: IsoTime | None = None
+    until: IsoTime | None = None
     limit: int = Field(1000, ge=1, le=10_000)
 
 
@@ -63,8 +79,8 @@ async def list_dead_letters(
     request: Request,
     _: OwnerDep,
     kind: str | None = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
+    since: IsoTime | None = None,
+    until: IsoTime | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[dict[str, Any]]:
     """Dead letters, oldest first; filter by kind and by time of failure."""
@@ -86,7 +102,9 @@ async def replay_one(dead_letter_id: str, request: Request, _: OwnerDep) -> Repl
     return Replayed(replayed=1, ids=[dead_letter_id])
 
 
-@router.post("/replay", status_code=202, response_model=Replayed, responses=responses(401, 503))
+@router.post(
+    "/replay", status_code=202, response_model=Replayed, responses=responses(400, 401, 422, 503)
+)
 async def replay_many(body: BulkReplay, request: Request, _: OwnerDep) -> Replayed:
     """Start again every dead letter of a kind in a time range."""
     store = _store(request)

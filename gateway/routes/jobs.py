@@ -70,7 +70,11 @@ class JobView(BaseModel):
 _SUBMIT_DOC: dict[str, Any] = {
     "parameters": [
         {"name": "Authorization", "in": "header", "required": True, "schema": {"type": "string"}},
-        {"name": "Idempotency-Key", "in": "header", "schema": {"type": "string", "maxLength": 255}},
+        {
+            "name": "Idempotency-Key",
+            "in": "header",
+            "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+        },
     ],
     "requestBody": {
         "required": True,
@@ -112,7 +116,7 @@ async def submit_job(kind: str, request: Request) -> Response:
         first = errors[0]
         where = ".".join(str(part) for part in first["loc"]) or "body"
         raise _unprocessable(f"{where}: {first['msg']}", errors) from exc
-    due = _due(envelope)
+    due = _due(envelope, settings.max_delay_seconds)
     callback_url = envelope.get("callback_url")
     if callback_url is not None:
         await _check_callback(callback_url, request)
@@ -188,14 +192,17 @@ async def _check_callback(url: Any, request: Request) -> None:
         raise ApiError(400, exc.code, f"callback_url refused: {exc.detail}") from exc
 
 
-def _due(envelope: dict[str, Any]) -> float:
-    """Epoch seconds the job is due at (0 = now), from run_at or delay_seconds."""
+def _due(envelope: dict[str, Any], max_delay: int) -> float:
+    """Epoch seconds the job is due at (0 = now), from run_at or delay_seconds, at most
+    ``max_delay`` ahead (beyond, a schedule entry would wait for a record long gone)."""
     if "run_at" in envelope and "delay_seconds" in envelope:
         raise _unprocessable("give run_at or delay_seconds, not both", None)
     if "delay_seconds" in envelope:
         delay = envelope["delay_seconds"]
-        if not isinstance(delay, int | float) or isinstance(delay, bool) or delay < 0:
+        if not isinstance(delay, int | float) or isinstance(delay, bool) or not delay >= 0:
             raise _unprocessable("delay_seconds: must be a number >= 0", None)
+        if delay > max_delay:  # inf included; NaN never gets here (not >= 0)
+            raise _unprocessable(f"delay_seconds: must be at most {max_delay}", None)
         return time.time() + float(delay) if delay else 0.0
     if "run_at" in envelope:
         try:
@@ -205,7 +212,10 @@ def _due(envelope: dict[str, Any]) -> float:
         if moment.tzinfo is None:
             raise _unprocessable("run_at: must carry a time zone (e.g. Z)", None)
         due = moment.timestamp()
-        return due if due > time.time() else 0.0
+        now = time.time()
+        if due - now > max_delay:
+            raise _unprocessable(f"run_at: must be at most {max_delay} s from now", None)
+        return due if due > now else 0.0
     return 0.0
 
 

@@ -13,6 +13,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
+from gateway.body import encodable
 from gateway.deps import OwnerDep
 from gateway.errors import ApiError, responses
 from gateway.routes.jobs import DeliveryView
@@ -99,11 +100,15 @@ async def receive_webhook(inbound: VerifiedWebhook, request: Request) -> JSONRes
         where = f"the body's {config.type_path!r} field"
     if event_type is None:
         raise ApiError(422, "missing_event_type", f"no event type in {where}")
+    delivery_id = inbound.verified.delivery_id
+    # a JSON string may hold a lone surrogate (an escaped \ud800); Redis stores text as UTF-8
+    if not encodable(event_type) or (delivery_id is not None and not encodable(delivery_id)):
+        raise ApiError(400, "invalid_json", "the event's type or id is not valid Unicode")
     accepted = matches(event_type, config.events)
     event = NewEvent(
         id=new_id(),
         source=config.name,
-        delivery_id=inbound.verified.delivery_id,
+        delivery_id=delivery_id,
         type=event_type,
         content_type=inbound.media,
         body=inbound.body,
