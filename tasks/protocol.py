@@ -63,7 +63,7 @@ def task_message(
     """One message for ``queue``'s Redis list, ready to LPUSH."""
     kwargs = kwargs or {}
     body = dumps([list(args), kwargs, _EMBED]).encode()
-    headers = {
+    headers: dict[str, Any] = {
         "lang": "py",
         "task": task,
         "id": task_id,
