@@ -4,8 +4,7 @@ Each check runs the same worker command with `--pool loop` and with the stock po
 same promise: a finished task is acked; a revoked task that is still queued never runs and is
 acked; a task whose process dies is not acked and runs again (acks_late, reject_on_worker_lost);
 a task past its hard time limit fails and is acked. Celery's threads pool enforces no time limits,
-so that check runs on loop and prefork only. The revoke check cannot pass on any pool yet (see its
-xfail reason).
+so that check runs on loop and prefork only.
 """
 
 from __future__ import annotations
@@ -20,12 +19,12 @@ from pathlib import Path
 
 import pytest
 import redis
+from celery import Celery
 from fastapi.testclient import TestClient
 
 from gateway.embedded import EmbeddedRedis
 from gateway.main import create_app
 from tasks import protocol
-from tasks.app import app
 from tasks.queues import DEFAULT, LLM
 from tests.conftest import AUTH, Processes, make_settings, process_env, wait_for
 from tests.e2e.test_dev_command import descendants
@@ -127,20 +126,15 @@ def test_a_finished_task_is_acked(stack: Stack, pool: str) -> None:
     wait_for(stack.nothing_left, timeout=10)
 
 
-@pytest.mark.xfail(
-    reason="workers started by `gateway worker` (any pool, kombu's stock transport too) answer no"
-    " remote-control broadcast (ping, revoke) here, while the same app run with"
-    " app.worker_main([...same flags]) does: not diagnosed yet (issue 9 report)",
-    strict=False,
-)
 @pytest.mark.parametrize("pool", POOLS)
 def test_a_revoked_queued_task_never_runs_and_is_acked(stack: Stack, pool: str) -> None:
     stack.worker(pool)
-    with app.connection_for_write(stack.url) as connection:
-        # the worker listens for broadcasts once it answers one
-        wait_for(lambda: app.control.ping(timeout=2, connection=connection), timeout=15)
-        revoked = str(uuid.uuid4())
-        app.control.revoke(revoked, connection=connection)
+    # an app of its own: broadcasts leave through the app's producer pool, on its own broker URL
+    control = Celery("lifecycle-control", broker=stack.url).control
+    # the worker listens for broadcasts once it answers one
+    wait_for(lambda: control.ping(timeout=2), timeout=30)
+    revoked = str(uuid.uuid4())
+    control.revoke(revoked)
     stack.r.lpush(
         DEFAULT, protocol.task_message("tasks.add", revoked, DEFAULT, [1, 1], ignore_result=False)
     )
