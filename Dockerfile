@@ -5,11 +5,12 @@ WORKDIR /app
 # as separate programs, not linked)
 RUN apt-get update && apt-get install -y --no-install-recommends ffmpeg \
     && rm -rf /var/lib/apt/lists/*
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md requirements.lock ./
 COPY gateway ./gateway
 COPY handlers ./handlers
 COPY tasks ./tasks
-RUN pip install --no-cache-dir . && useradd --create-home gateway && mkdir -p /data && chown gateway /data
+# the exact set CI tested (requirements.lock), so an image built next month runs the same code
+RUN pip install --no-cache-dir -c requirements.lock . && useradd --create-home gateway && mkdir -p /data && chown gateway /data
 USER gateway
 ENV DATA_DIR=/data
 EXPOSE 8000

@@ -18,6 +18,7 @@ import threading
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
+from celery.exceptions import TimeLimitExceeded
 from greenlet import getcurrent, greenlet
 
 T = TypeVar("T")
@@ -56,13 +57,26 @@ class _TaskGreenlet(greenlet):  # type: ignore[misc]
         self.driver = driver
 
 
-async def greenlet_spawn(fn: Callable[..., T], *args: Any) -> T:
-    """Run sync ``fn`` in a greenlet on this loop, awaiting what it hands over, until it returns."""
+async def greenlet_spawn(fn: Callable[..., T], *args: Any, time_limit: float | None = None) -> T:
+    """Run sync ``fn`` in a greenlet on this loop, awaiting what it hands over, until it returns.
+
+    Past ``time_limit`` seconds the coroutine it waits on is cancelled and ``TimeLimitExceeded``
+    (Celery's hard limit) is raised in ``fn`` there; code that runs without waiting is not
+    interrupted, it meets the limit at its next wait.
+    """
     task = _TaskGreenlet(fn, getcurrent())
+    deadline = None if time_limit is None else asyncio.get_running_loop().time() + time_limit
     handed: Any = task.switch(*args)
     while not task.dead:
+        scope = asyncio.timeout_at(deadline)
         try:
-            value = await handed
+            async with scope:
+                value = await handed
+        except TimeoutError:
+            if scope.expired():
+                handed = task.throw(TimeLimitExceeded(time_limit))
+            else:
+                handed = task.throw(*sys.exc_info())
         except BaseException:
             handed = task.throw(*sys.exc_info())
         else:

@@ -9,7 +9,12 @@ the loop, which awaits it while other tasks run: no thread per task, no cross-th
 It is only for queues whose tasks wait through the loop: a task that blocks (sleep, CPU, sync
 I/O) holds up every other task in the process, so `files` stays on prefork and `default` /
 `webhooks` on threads.
-Like Celery's threads pool, it does not enforce task time limits; each kind's client timeouts do.
+Hard time limits (`task_time_limit`, a task's `time_limit`) are enforced as prefork does in
+effect, without killing anything: past the limit the coroutine the task waits on is cancelled and
+`TimeLimitExceeded` is raised in the task, which fails it (and, acks_late, acks it). A task busy
+without waiting meets the limit at its next wait. Soft limits are not enforced (nor by threads).
+`celery.concurrency.base.BasePool` is Celery's internal pool API: Celery's major is pinned and
+tests/tasks/test_pool_lifecycle.py runs this pool through the checks the stock pools pass.
 """
 
 from __future__ import annotations
@@ -44,12 +49,13 @@ class LoopPool(BasePool):  # type: ignore[misc]
         kwargs: dict[str, Any] | None = None,
         callback: Callable[..., Any] | None = None,
         accept_callback: Callable[..., Any] | None = None,
+        timeout: float | None = None,
         **_: Any,
     ) -> None:
         # Called on the consumer thread: the task starts on the loop thread.
         assert self._loop is not None, "pool not started"
         self._loop.call_soon_threadsafe(
-            self._spawn, target, args or (), kwargs or {}, callback, accept_callback
+            self._spawn, target, args or (), kwargs or {}, callback, accept_callback, timeout
         )
 
     def _spawn(
@@ -59,10 +65,19 @@ class LoopPool(BasePool):  # type: ignore[misc]
         kwargs: dict[str, Any],
         callback: Callable[..., Any] | None,
         accept_callback: Callable[..., Any] | None,
+        timeout: float | None,
     ) -> None:
         assert self._loop is not None
         run = self._loop.create_task(
-            loop.greenlet_spawn(apply_target, target, args, kwargs, callback, accept_callback)
+            loop.greenlet_spawn(
+                apply_target,
+                target,
+                args,
+                kwargs,
+                callback,
+                accept_callback,
+                time_limit=timeout or None,
+            )
         )
         self._running.add(run)
         run.add_done_callback(self._running.discard)

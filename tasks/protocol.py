@@ -4,7 +4,8 @@ The gateway writes these itself with redis.asyncio instead of calling ``apply_as
 then joins the job record in one atomic round trip and never blocks the event loop. The format is
 kombu's virtual-transport envelope (see ``kombu/transport/virtual/base.py``, ``prepare_message`` and
 ``_inplace_augment_message``) around Celery's ``as_task_v2`` headers and body; a test feeds these
-messages to a real worker.
+messages to a real worker. Celery's and kombu's majors are pinned (pyproject.toml) and
+tests/tasks/test_contracts.py compares these messages, field by field, with ``send_task``'s.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ def task_message(
     """One message for ``queue``'s Redis list, ready to LPUSH."""
     kwargs = kwargs or {}
     body = dumps([list(args), kwargs, _EMBED]).encode()
-    headers = {
+    headers: dict[str, Any] = {
         "lang": "py",
         "task": task,
         "id": task_id,
@@ -79,6 +80,10 @@ def task_message(
         "kwargsrepr": repr(kwargs),
         "origin": _ORIGIN,
         "ignore_result": ignore_result,
+        # written by Celery >= 5.3's send_task too (task replacement depth, canvas stamping)
+        "replaced_task_nesting": 0,
+        "stamped_headers": None,
+        "stamps": {},
     }
     envelope = {
         "body": base64.b64encode(body).decode(),
