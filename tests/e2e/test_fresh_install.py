@@ -45,7 +45,7 @@ def clean_env(**extra: str) -> dict[str, str]:
     env = {
         k: v
         for k, v in os.environ.items()
-        if k not in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME", "REDIS_URL")
+        if k not in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME", "REDIS_URL", "API_KEYS", "SMTP_HOST")
         and not k.startswith(("PYTEST_", "COV_"))
     }
     here = str(Path(sys.prefix) / "bin")
@@ -83,9 +83,8 @@ def test_readme_command_1_alone_installs_a_gateway_dev_that_runs_the_examples(
     assert "pytest==" not in listed
 
     port = free_port()
-    # TODO(dev helper, issue 9 item 2): drop API_KEYS once `gateway dev` accepts the documented
-    # dev key by default when API_KEYS is unset.
-    env = clean_env(DATA_DIR=str(tmp_path / "var"), API_KEYS=DEV_KEY, ENVIRONMENT="dev")
+    # API_KEYS and SMTP_HOST unset, as on a newcomer's machine: the dev key and mail catcher
+    env = clean_env(DATA_DIR=str(tmp_path / "var"), ENVIRONMENT="dev")
     env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env['PATH']}"
     env["VIRTUAL_ENV"] = str(venv)
     log_path = tmp_path / "dev.log"
