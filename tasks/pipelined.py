@@ -18,6 +18,7 @@ because every part of it (queueing, writing, reading, failing) upholds that one 
 from __future__ import annotations
 
 import asyncio
+import copy
 import time
 from collections import deque
 from collections.abc import Mapping
@@ -118,7 +119,10 @@ class _Protocol(asyncio.Protocol):
         while self.pending:
             future, _ = self.pending.popleft()
             if not future.done():
-                future.set_exception(exc)
+                # one exception object each: every caller that raises a shared one appends its
+                # frames to the same traceback, so after a lost connection with 1500 callers the
+                # last one logged ~a million lines (docs/chaos.md, finding 1)
+                future.set_exception(copy.copy(exc))
         if self.transport is not None:
             self.transport.abort()
 

@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import shutil
 import subprocess
+import traceback
 from pathlib import Path
 
 import pytest
@@ -78,6 +79,44 @@ def test_a_dropped_connection_is_reopened(quiet_redis_url: str) -> None:
     killed, reply = run(main())
     assert killed >= 1
     assert reply == b"PONG"
+
+
+def test_a_lost_connection_fails_each_waiting_caller_with_an_error_of_its_own(
+    quiet_redis_url: str,
+) -> None:
+    admin = redis.Redis.from_url(quiet_redis_url)
+
+    async def main() -> list[BaseException]:
+        conn = PipelinedRedis(quiet_redis_url, 10.0)
+
+        async def call(*args: object) -> BaseException:
+            try:
+                await conn.execute(*args)
+            except redis.ConnectionError as exc:
+                return exc
+            raise AssertionError("the call outlived its connection")
+
+        try:
+            await conn.execute("CLIENT", "SETNAME", "pipelined-shared-error")
+            # a blocking pop holds the connection; 300 calls queue behind it, then it is killed
+            waiting = [asyncio.ensure_future(call("BLPOP", "pipelined-nothing", 5))]
+            waiting += [asyncio.ensure_future(call("ECHO", str(i))) for i in range(300)]
+            deadline = asyncio.get_running_loop().time() + 5
+            while not any(  # written, and Redis is holding the connection in the BLPOP
+                c.get("name") == "pipelined-shared-error" and c.get("cmd") == "blpop"
+                for c in admin.client_list()
+            ):
+                assert asyncio.get_running_loop().time() < deadline, "BLPOP never reached Redis"
+                await asyncio.sleep(0.01)
+            assert admin.client_kill_filter(_type="normal", skipme=True) >= 1
+            return list(await asyncio.gather(*waiting))
+        finally:
+            await conn.close()
+
+    errors = run(main())
+    assert len({id(e) for e in errors}) == len(errors) == 301
+    # each traceback holds only its own caller's frames, not those of the callers before it
+    assert max(len(traceback.format_exception(e)) for e in errors) < 30
 
 
 def test_wrong_password_is_a_connection_error(quiet_redis_url: str) -> None:
