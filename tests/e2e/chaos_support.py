@@ -207,10 +207,7 @@ class Supervisor:
                         proc = self.current[name]
                         if proc.poll() is None or name in self.killing:
                             continue
-                        log = self.procs.children[-1][1]
-                        for child, path in self.procs.children:
-                            if child is proc:
-                                log = path
+                        log = next(path for child, path in self.procs.children if child is proc)
                         self.self_exits.append(
                             SelfExit(name, proc.returncode, time.monotonic(), _tail(log))
                         )
