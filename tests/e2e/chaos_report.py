@@ -8,7 +8,8 @@ from typing import Any
 
 from tests.e2e.chaos_clients import CLIENT_TIMEOUT, Answer, Submission
 from tests.e2e.chaos_ledger import Outcome, end_state, tally
-from tests.e2e.chaos_support import ReceiverProcess, Supervisor
+from tests.e2e.chaos_receiver import ReceiverProcess
+from tests.e2e.chaos_support import Supervisor
 
 INTENDED = {"echo": "succeeded", "echo_cb": "succeeded", "webhook": "routed"}
 ALLOWED_ANSWERS = {"202", "503", "200-duplicate"}

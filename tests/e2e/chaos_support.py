@@ -1,28 +1,22 @@
-"""The chaos suite's real parts: a Redis that can be stopped and started on its own AOF, the
-callback receiver's process that can be taken down and brought back on the same port, and a
+"""The chaos suite's real parts: a Redis that can be stopped and started on its own AOF, and a
 supervisor that restarts workers the way compose's `restart: unless-stopped` would, telling the
-kills it made from exits a worker made by itself.
+kills it made from exits a worker made by itself. (The receiver is in chaos_receiver.py.)
 """
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
-from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import redis
 
 from gateway.embedded import free_port, redis_binary
-from tests.conftest import ROOT, Processes
+from tests.conftest import Processes
 
 
 def embedded_redis_binary() -> str:
@@ -88,82 +82,6 @@ class AofRedis:
         """The end of redis-server's log."""
         path = self.data_dir / "redis.log"
         return path.read_text(errors="replace")[-2000:] if path.exists() else ""
-
-
-@dataclass
-class Seen:
-    """What the receiver saw for one webhook-id."""
-
-    path: str
-    subject: str  # the job id (callbacks) or event id (forwards) the body names
-    count: int = 0
-
-
-class ReceiverProcess:
-    """The loopback receiver (tests/e2e/chaos_receiver.py) as a process that can be taken down
-    and started again on the same port; what it saw is read from its file."""
-
-    def __init__(self, tmp: Path, secret: str, delay: float = 0.02) -> None:
-        self.port, self.secret, self.delay = free_port(), secret, delay
-        self.out, self.log = tmp / "received.jsonl", tmp / "receiver.log"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        """Base URL (the same across restarts)."""
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self, timeout: float = 30.0) -> None:
-        """Start listening (again) and wait until it accepts connections."""
-        args = [sys.executable, "-m", "tests.e2e.chaos_receiver", str(self.port), str(self.out)]
-        env = {**os.environ, "CHAOS_SIGNING": self.secret}
-        with self.log.open("ab") as log:
-            self.process = subprocess.Popen(
-                [*args, str(self.delay)], env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
-            )
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-                return
-            except OSError:
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"receiver did not start: {_tail(self.log)}") from None
-                time.sleep(0.05)
-
-    def stop(self) -> None:
-        """Take it down: connections are refused until start()."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-    def records(self) -> list[dict[str, Any]]:
-        """Every request it received, in order: path, id (webhook-id), subject, ok[, error]."""
-        if not self.out.exists():
-            return []
-        lines = self.out.read_text().splitlines()
-        return [json.loads(line) for line in lines if line.endswith("}")]
-
-    def ids_by_subject(self, path: str) -> dict[str, list[Seen]]:
-        """subject -> what was seen for it on ``path``, one entry per distinct webhook-id."""
-        by_id: dict[str, Seen] = {}
-        for record in self.records():
-            if record["path"] == path and record["ok"]:
-                seen = by_id.setdefault(record["id"], Seen(path, record["subject"]))
-                seen.count += 1
-        grouped: dict[str, list[Seen]] = defaultdict(list)
-        for seen in by_id.values():
-            grouped[seen.subject].append(seen)
-        return grouped
-
-    @property
-    def bad(self) -> list[str]:
-        """Requests that failed verification: why."""
-        return [f"{r['path']}: {r.get('error')}" for r in self.records() if not r["ok"]]
 
 
 @dataclass

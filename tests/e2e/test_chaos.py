@@ -30,8 +30,9 @@ from tasks.keys import Keys
 from tests.conftest import Processes, api_ready, process_env, wait_for
 from tests.e2e.chaos_clients import Clients, Submission, plan
 from tests.e2e.chaos_ledger import all_final, holdings, wait_settled
+from tests.e2e.chaos_receiver import ReceiverProcess
 from tests.e2e.chaos_report import Kill, RedisRestart, ledger
-from tests.e2e.chaos_support import AofRedis, ReceiverProcess, Supervisor
+from tests.e2e.chaos_support import AofRedis, Supervisor
 
 pytestmark = [pytest.mark.e2e, pytest.mark.chaos]
 
