@@ -43,6 +43,7 @@ def ledger(
     subs: list[Submission],
     outcomes: dict[int, Outcome],
     answers: list[Answer],
+    t0: float,
     settled_after: float,
 ) -> tuple[list[str], list[str]]:
     """The ledger's lines, and the failed checks (empty: every promise held)."""
@@ -66,7 +67,7 @@ def ledger(
         )
     _follow_ups(subs, outcomes, lines, failures)
     _receiver(stack.receiver, subs, outcomes, lines, failures)
-    _api(answers, stack.restarts, lines, failures)
+    _api(answers, stack.restarts, t0, lines, failures)
     _workers(stack.supervisor, stack.kills, lines, failures)
     lines.append(
         "== " + ("all promises held" if not failures else f"{len(failures)} checks failed")
@@ -129,14 +130,18 @@ def _receiver(
         )
 
 
-def _api(answers: list[Answer], restarts: list[Any], lines: list[str], failures: list[str]) -> None:
+def _api(
+    answers: list[Answer], restarts: list[Any], t0: float, lines: list[str], failures: list[str]
+) -> None:
     """Only 202/503 (200 for a duplicate webhook), none over 2 s; how soon 202s came back."""
     outcomes = Counter(a.outcome for a in answers)
     latencies = sorted(a.latency for a in answers) or [0.0]
     p99 = latencies[int(len(latencies) * 0.99) - 1 if len(latencies) > 1 else 0]
+    slowest = max(answers, key=lambda a: a.latency, default=None)
     lines.append(
         f"API answers       {dict(outcomes.most_common())}; latency p99 {p99 * 1000:.0f} ms, "
         f"max {latencies[-1] * 1000:.0f} ms"
+        + (f" (sent at t={slowest.at - t0:.1f} s)" if slowest else "")
     )
     wrong = {k: n for k, n in outcomes.items() if k not in ALLOWED_ANSWERS}
     # the client's timeout bounds each read, not the whole request: the total is checked here
@@ -144,7 +149,9 @@ def _api(answers: list[Answer], restarts: list[Any], lines: list[str], failures:
     if slow:
         wrong[f"answered after more than {CLIENT_TIMEOUT:.0f} s"] = len(slow)
     if wrong:
-        failures.append(f"API answered outside 202/503 or too late: {wrong}")
+        bad = [a for a in answers if a.outcome not in ALLOWED_ANSWERS or a in slow]
+        when = ", ".join(f"{a.outcome} at t={a.at - t0:.1f} s" for a in bad[:5])
+        failures.append(f"API answered outside 202/503 or too late: {wrong} (e.g. {when})")
     for restart in restarts:
         after = [
             a.at + a.latency for a in answers if a.outcome == "202" and a.at >= restart.stopped_at

@@ -194,7 +194,7 @@ def test_nothing_is_lost_through_kills_restarts_and_outages(
     stack.supervisor.stop()
     settled_after = time.monotonic() - t0
 
-    lines, failures = ledger(stack, subs, outcomes, clients.answers, settled_after)
+    lines, failures = ledger(stack, subs, outcomes, clients.answers, t0, settled_after)
     with capsys.disabled():
         print("\n" + "\n".join([*lines, f"logs and Redis data: {stack.procs.tmp}"]))
     details: list[Any] = [exit.log for exit in stack.supervisor.self_exits[:3]]
