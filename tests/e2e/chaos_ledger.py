@@ -148,6 +148,12 @@ def all_final(r: redis.Redis, record_keys: list[str]) -> bool:
         return False
 
 
+def count_records(r: redis.Redis, keys: Keys) -> tuple[int, int]:
+    """How many job and event records there are in all (a retry that made work twice shows)."""
+    jobs = sum(1 for _ in r.scan_iter(match=keys.job("*"), count=1000))
+    return jobs, sum(1 for _ in r.scan_iter(match=keys.event("*"), count=1000))
+
+
 def end_state(sub: Submission, outcomes: dict[int, Outcome]) -> str:
     """Where ``sub`` ended: its record's status, 'missing' (no record) or 'not accepted'."""
     if sub.id is None:

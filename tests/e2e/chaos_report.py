@@ -45,6 +45,7 @@ def ledger(
     answers: list[Answer],
     t0: float,
     settled_after: float,
+    records: tuple[int, int],
 ) -> tuple[list[str], list[str]]:
     """The ledger's lines, and the failed checks (empty: every promise held)."""
     lines = [
@@ -66,6 +67,7 @@ def ledger(
             f"{end_state(sub, outcomes)} {sub.id}"
         )
     _follow_ups(subs, outcomes, lines, failures)
+    _no_double_work(subs, records, lines, failures)
     _receiver(stack.receiver, subs, outcomes, lines, failures)
     _api(answers, stack.restarts, t0, lines, failures)
     _workers(stack.supervisor, stack.kills, lines, failures)
@@ -99,6 +101,22 @@ def _follow_ups(
         failures.append(f"{bad_jobs} events did not start exactly one job that succeeded")
     if bad_records:
         failures.append(f"{bad_records} callbacks/forwards are not exactly one delivered record")
+
+
+def _no_double_work(
+    subs: list[Submission], records: tuple[int, int], lines: list[str], failures: list[str]
+) -> None:
+    """No more job or event records than submissions made (one job per event): retries with the
+    same Idempotency-Key or webhook-id made nothing twice."""
+    events = sum(1 for s in subs if s.kind == "webhook")
+    jobs = len(subs)  # each echo submission is one job, and each event starts one
+    lines.append(
+        f"records           jobs {records[0]} (of {jobs}), events {records[1]} (of {events})"
+    )
+    if records[0] > jobs or records[1] > events:
+        failures.append(
+            f"more records than submissions made: jobs {records[0]}, events {records[1]}"
+        )
 
 
 def _receiver(

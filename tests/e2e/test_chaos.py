@@ -29,7 +29,7 @@ from gateway.embedded import free_port
 from tasks.keys import Keys
 from tests.conftest import Processes, api_ready, process_env, wait_for
 from tests.e2e.chaos_clients import Clients, Submission, plan
-from tests.e2e.chaos_ledger import all_final, holdings, wait_settled
+from tests.e2e.chaos_ledger import all_final, count_records, holdings, wait_settled
 from tests.e2e.chaos_receiver import ReceiverProcess
 from tests.e2e.chaos_report import Kill, RedisRestart, ledger
 from tests.e2e.chaos_support import AofRedis, Supervisor
@@ -194,7 +194,8 @@ def test_nothing_is_lost_through_kills_restarts_and_outages(
     stack.supervisor.stop()
     settled_after = time.monotonic() - t0
 
-    lines, failures = ledger(stack, subs, outcomes, clients.answers, t0, settled_after)
+    records = count_records(r, stack.keys)
+    lines, failures = ledger(stack, subs, outcomes, clients.answers, t0, settled_after, records)
     with capsys.disabled():
         print("\n" + "\n".join([*lines, f"logs and Redis data: {stack.procs.tmp}"]))
     details: list[Any] = [exit.log for exit in stack.supervisor.self_exits[:3]]
