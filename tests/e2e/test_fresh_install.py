@@ -45,7 +45,8 @@ def clean_env(**extra: str) -> dict[str, str]:
     env = {
         k: v
         for k, v in os.environ.items()
-        if k not in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME", "REDIS_URL", "API_KEYS", "SMTP_HOST")
+        if k
+        not in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME", "REDIS_URL", "API_KEYS", "SMTP_HOST")
         and not k.startswith(("PYTEST_", "COV_"))
     }
     here = str(Path(sys.prefix) / "bin")

@@ -105,7 +105,9 @@ def test_an_idempotency_key_beyond_ascii_is_stored_and_replayed(client: TestClie
         b'"run_at": "9999-12-31T23:59:59Z"',
         # a day past the limit: the case is built at collection, minutes before it runs
         b'"run_at": "%b"'
-        % time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + MAX_DELAY + 86400)).encode(),
+        % time.strftime(
+            "%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + MAX_DELAY + 86400)
+        ).encode(),
     ],
 )
 def test_a_delay_beyond_the_maximum_is_422(
