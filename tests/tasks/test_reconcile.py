@@ -50,4 +50,4 @@ def test_reconcile_gives_back_only_what_the_process_does_not_hold(url: str) -> N
         assert channel.reconcile() == 0  # and it is given back only once
     finally:
         r.close()
-        connection.close()
+        connection.close()  # type: ignore[no-untyped-call]
