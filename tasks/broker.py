@@ -387,8 +387,10 @@ class Channel(kombu_redis.Channel):
 
     def reconcile(self) -> int:
         """Give back what this consumer's record holds but the process never received."""
-        # Held tags are read around the round trip, each in the order that a tag moving between
-        # them (delivered -> acked, running -> acked) is seen in one or the other.
+        # Held tags are read around the round trip so that a tag moving between sets is seen in
+        # one or the other: an acked tag leaves kombu's delivered set only at this thread's next
+        # poll, and a task that just finished (Celery: task_ready, then the ack) is in _acked by
+        # the time the reply is back. A miss would only re-deliver a finished job: dropped.
         held = _active_tags(reserved=True) | {str(tag) for tag in tuple(self.qos._delivered)}
         recorded: dict[Any, Any] = self._shared_client.hgetall(self.taken_key)
         held |= set(_acked) | set(_to_restore)
