@@ -29,15 +29,16 @@ either transport share a broker.
    back within seconds; kombu's visibility timeout stays as the backstop.
 5. A fetch whose reply is lost (the connection drops after Redis ran the script: a Redis stop,
    a reset) leaves messages recorded under this live consumer that it never received; the reaper
-   would leave them alone until their queue's time limit. So the fetch is sent once, never
-   retried by redis-py (its default retry would run the script again on a new connection and
-   take a second batch, hiding the loss), and a failed fetch marks the process: before its next
-   fetch, on the consumer thread (so no fetch is in progress), the channel reconciles. Every tag
-   recorded under this consumer that it does not hold (delivered and unacked on its channel,
-   running or reserved in Celery, acked with the removal pending, or waiting to be given back)
-   goes back at once with the reaper's restore (tasks/reaper.py, one Lua for both). We keep the
-   consumer id rather than take a new one per connection: the liveness thread, the registry and
-   the running tasks' records all stay as they are, and nothing runs unless a fetch failed.
+   would leave them alone until their queue's time limit. So the fetch is sent once, outside
+   redis-py's retry (kombu's pool sets none today; redis-py's own default retries, and a retried
+   script takes a second batch and hides the loss), and a failed fetch marks the process: before
+   its next fetch, on the consumer thread (so no fetch is in progress), the channel reconciles:
+   every tag recorded under this consumer that it does not hold (delivered and unacked on its
+   channel, running or reserved in Celery, acked with the removal pending, or waiting to be
+   given back) goes back at once with the reaper's restore (tasks/reaper.py, one Lua for both).
+   We keep the consumer id rather than take a new one per connection: the liveness thread, the
+   registry and the running tasks' records all stay as they are, and nothing runs unless a fetch
+   failed.
 """
 
 from __future__ import annotations
