@@ -27,6 +27,18 @@ either transport share a broker.
    wait timeout (1 s), so a message elsewhere waits at most that long when the worker is idle.
 4. A worker's liveness key and the reaper (tasks/liveness.py) give a SIGKILLed worker's messages
    back within seconds; kombu's visibility timeout stays as the backstop.
+5. A fetch whose reply is lost (the connection drops after Redis ran the script: a Redis stop,
+   a reset) leaves messages recorded under this live consumer that it never received; the reaper
+   would leave them alone until their queue's time limit. So the fetch is sent once, outside
+   redis-py's retry (kombu's pool sets none today; redis-py's own default retries, and a retried
+   script takes a second batch and hides the loss), and a failed fetch marks the process: before
+   its next fetch, on the consumer thread (so no fetch is in progress), the channel reconciles:
+   every tag recorded under this consumer that it does not hold (delivered and unacked on its
+   channel, running or reserved in Celery, acked with the removal pending, or waiting to be
+   given back) goes back at once with the reaper's restore (tasks/reaper.py, one Lua for both).
+   We keep the consumer id rather than take a new one per connection: the liveness thread, the
+   registry and the running tasks' records all stay as they are, and nothing runs unless a fetch
+   failed.
 """
 
 from __future__ import annotations
@@ -47,6 +59,7 @@ from kombu.utils.json import loads
 
 from tasks import liveness
 from tasks.consumers import ConsumerKeys, consumer_id
+from tasks.reaper import Restorer
 
 log = logging.getLogger(__name__)
 
@@ -96,15 +109,20 @@ return out
 # thread, drained by the consumer thread: deque ops are atomic.
 _acked: deque[str] = deque()
 _to_restore: deque[str] = deque()
+# Set when a fetch failed after it may have run (its reply lost); cleared by the reconcile.
+_fetch_lost: list[bool] = [False]
 
 
-def _active_tags() -> set[str]:
-    """Delivery tags of the tasks this process is running now (Celery's worker state)."""
+def _active_tags(reserved: bool = False) -> set[str]:
+    """Delivery tags of the tasks this process is running now (and, if asked, has reserved)."""
     from celery.worker import state
 
+    requests = tuple(state.active_requests)
+    if reserved:
+        requests += tuple(state.reserved_requests)
     return {
         str(tag)
-        for request in tuple(state.active_requests)
+        for request in requests
         if (tag := getattr(getattr(request, "message", None), "delivery_tag", None))
     }
 
@@ -323,6 +341,8 @@ class Channel(kombu_redis.Channel):
 
     def _fetch_more(self) -> int:
         """Deliver up to the remaining prefetch credit from the queues, a batch per round trip."""
+        if _fetch_lost[0]:
+            self.reconcile()
         delivered = 0
         for queue in self.active_queues:
             while True:
@@ -332,7 +352,7 @@ class Channel(kombu_redis.Channel):
                     return delivered
                 keys = [self._q_for_pri(queue, pri) for pri in self.priority_steps]
                 keys += [self.unacked_key, self.unacked_index_key, self.taken_key]
-                raws = self._fetch_script(keys=keys, args=[want, time.time()])
+                raws = self._fetch(keys, [want, time.time()])
                 self.delivering_fetched = True
                 try:
                     for raw in raws:
@@ -343,6 +363,51 @@ class Channel(kombu_redis.Channel):
                 if len(raws) < want:
                     break
         return delivered
+
+    def _fetch(self, keys: list[str], args: list[Any]) -> list[bytes]:
+        """Run the fetch script once on a pool connection: never retried (see the top)."""
+        script = self._fetch_script
+        pool = self._shared_client.connection_pool
+        conn = pool.get_connection()
+        try:
+            try:
+                conn.send_command("EVALSHA", script.sha, len(keys), *keys, *args)
+                return conn.read_response()  # type: ignore[no-any-return]
+            except redis.exceptions.NoScriptError:  # nothing ran: send the script itself
+                conn.send_command("EVAL", script.script, len(keys), *keys, *args)
+                return conn.read_response()  # type: ignore[no-any-return]
+        except redis.ResponseError:
+            raise  # Redis answered: the script ran to its end or not at all
+        except BaseException:
+            # the script may have run with its reply lost: reconcile before the next fetch
+            _fetch_lost[0] = True
+            conn.disconnect()
+            raise
+        finally:
+            pool.release(conn)
+
+    def reconcile(self) -> int:
+        """Give back what this consumer's record holds but the process never received."""
+        # Held tags are read around the round trip so that a tag moving between sets is seen in
+        # one or the other: an acked tag leaves kombu's delivered set only at this thread's next
+        # poll, and a task that just finished (Celery: task_ready, then the ack) is in _acked by
+        # the time the reply is back. A miss would only re-deliver a finished job: dropped.
+        held = _active_tags(reserved=True) | {str(tag) for tag in tuple(self.qos._delivered)}
+        recorded: dict[Any, Any] = self._shared_client.hgetall(self.taken_key)
+        held |= set(_acked) | set(_to_restore)
+        lost = {tag: source for tag, source in recorded.items() if tag.decode() not in held}
+        restored = self._restorer.restore(self.taken_key, lost) if lost else 0
+        _fetch_lost[0] = False
+        if restored:
+            log.warning(
+                "a fetch's reply was lost: %d messages taken but never received given back",
+                restored,
+            )
+        return restored
+
+    @cached_property
+    def _restorer(self) -> Restorer:
+        return Restorer(self._shared_client, self.unacked_key, self.unacked_index_key)
 
     @cached_property
     def _fetch_script(self) -> Any:
@@ -363,6 +428,7 @@ class Channel(kombu_redis.Channel):
         # the shared client and its script point at the pool being dropped
         self.__dict__.pop("_shared_client", None)
         self.__dict__.pop("_fetch_script", None)
+        self.__dict__.pop("_restorer", None)
         super()._disconnect_pools()
 
 

@@ -1,6 +1,8 @@
 """The reaper: a dead consumer's messages back at the front of their queues, atomically.
 
-The design is in tasks/liveness.py; this module is the pass itself, run by one worker at a time.
+The design is in tasks/liveness.py; this module is the pass itself, run by one worker at a time,
+and the one way a recorded message goes back (``Restorer``), also used by a worker giving back
+what it took but never received (tasks/broker.py).
 """
 
 from __future__ import annotations
@@ -68,6 +70,30 @@ def restorable(record: bytes) -> bytes:
     return json.dumps(payload).encode()
 
 
+class Restorer:
+    """Puts recorded messages back at the front of the lists they came from, atomically."""
+
+    def __init__(self, client: redis.Redis, unacked: str, index: str) -> None:
+        self.client, self.unacked, self.index = client, unacked, index
+        self._restore = client.register_script(_RESTORE)
+
+    def restore(self, taken: str, entries: dict[Any, Any]) -> int:
+        """Restore the given tags (tag -> source list) still unacked; drop their taken entries."""
+        restored = 0
+        tags = list(entries)
+        for start in range(0, len(tags), _BATCH):
+            batch = tags[start : start + _BATCH]
+            records: list[Any] = self.client.hmget(self.unacked, batch)
+            args: list[Any] = []
+            for tag, record in zip(batch, records, strict=True):
+                if record is None:
+                    args += [tag, b"", b"", b""]  # acked or restored already: drop the entry
+                else:
+                    args += [tag, record, entries[tag], restorable(record)]
+            restored += int(self._restore(keys=[self.unacked, self.index, taken], args=args))
+        return restored
+
+
 class Reaper:
     """One pass of the reaper over every consumer on record."""
 
@@ -83,7 +109,7 @@ class Reaper:
         self.time_limits = time_limits or {}
         self.keys = ConsumerKeys(unacked)
         self._dead = client.register_script(_DEAD)
-        self._restore = client.register_script(_RESTORE)
+        self.restorer = Restorer(client, unacked, index)
 
     def run(self, lock_ms: int) -> int:
         """Restore the messages of dead consumers, if no other worker did so this interval."""
@@ -116,7 +142,7 @@ class Reaper:
                 if source is not None and now - taken_at[tag] > self._limit(source) + self.grace
             ]
             if overdue:
-                restored += self._restore_tags(self.keys.taken(consumer), dict(overdue))
+                restored += self.restorer.restore(self.keys.taken(consumer), dict(overdue))
                 log.warning(
                     "consumer %s held %d messages past their time limit: restored",
                     consumer,
@@ -128,18 +154,6 @@ class Reaper:
         queue = source.decode().split(QUEUE_SEP, 1)[0]  # kombu names priority lists queue+sep+n
         return self.time_limits.get(queue, max(self.time_limits.values()))
 
-    def _restore_tags(self, taken: str, entries: dict[Any, Any]) -> int:
-        """Restore the given tags (tag -> source list) still unacked, atomically per batch."""
-        tags = list(entries)
-        records: list[Any] = self.client.hmget(self.unacked, tags)
-        args: list[Any] = []
-        for tag, record in zip(tags, records, strict=True):
-            if record is None:
-                args += [tag, b"", b"", b""]  # acked or restored already: drop the entry
-            else:
-                args += [tag, record, entries[tag], restorable(record)]
-        return int(self._restore(keys=[self.unacked, self.index, taken], args=args))
-
     def restore_consumer(self, consumer: str) -> int:
         """Put back every message a dead consumer still holds; forget the consumer."""
         taken = self.keys.taken(consumer)
@@ -148,7 +162,7 @@ class Reaper:
             entries: dict[Any, Any] = self.client.hscan(taken, 0, count=_BATCH)[1]  # type: ignore[assignment]
             if not entries:
                 break
-            restored += self._restore_tags(taken, entries)
+            restored += self.restorer.restore(taken, entries)
         pipe = self.client.pipeline()
         pipe.srem(self.keys.registry, consumer)
         pipe.hdel(self.keys.missing, consumer)
