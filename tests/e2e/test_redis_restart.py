@@ -36,6 +36,7 @@ def submit_echo_jobs(api: TestClient, n: int, sleep_ms: int) -> list[str]:
     return ids
 
 
+@pytest.mark.timeout(300)  # past every wait below, so a failure shows the workers' logs
 def test_workers_outlive_a_redis_restart_and_finish_every_job(tmp_path: Path) -> None:
     data = tmp_path / "redis"
     server = EmbeddedRedis(data_dir=data).start()
@@ -88,6 +89,7 @@ def heal(r: redis.Redis) -> None:
     r.config_set("maxmemory", 0)
 
 
+@pytest.mark.timeout(300)  # past every wait below, so a failure shows the workers' logs
 @pytest.mark.parametrize("fault", [make_replica, make_full], ids=["readonly", "oom"])
 def test_workers_ride_through_redis_refusing_writes(
     tmp_path: Path, fault: Callable[[redis.Redis, int], None]
