@@ -134,7 +134,8 @@ def test_a_revoked_queued_task_never_runs_and_is_acked(stack: Stack, pool: str) 
     # the worker listens for broadcasts once it answers one
     wait_for(lambda: control.ping(timeout=2), timeout=30)
     revoked = str(uuid.uuid4())
-    control.revoke(revoked)
+    # waited for: a revoke the worker has not yet taken in would race the message pushed next
+    assert control.revoke(revoked, reply=True, timeout=10), "no worker confirmed the revoke"
     stack.r.lpush(
         DEFAULT, protocol.task_message("tasks.add", revoked, DEFAULT, [1, 1], ignore_result=False)
     )
