@@ -121,10 +121,12 @@ class Processes:
         self.children.append((proc, log))
         return proc
 
-    def logs(self) -> str:
-        """Everything the children printed, for failure messages."""
+    def logs(self, tail: int | None = 3000) -> str:
+        """What the children printed: the last ``tail`` characters of each (for failure
+        messages), or all of it with ``tail=None`` (for a test looking for a line)."""
         return "\n".join(
-            f"== {log.name}\n{log.read_text(errors='replace')[-3000:]}" for _, log in self.children
+            f"== {log.name}\n{log.read_text(errors='replace')[-tail if tail else 0 :]}"
+            for _, log in self.children
         )
 
     def stop(self) -> None:
