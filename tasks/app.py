@@ -69,6 +69,11 @@ def create_celery() -> Celery:
         # a worker outlives any Redis outage: it keeps reconnecting (Celery's default gives up
         # after 100 attempts and the worker exits)
         broker_connection_max_retries=None,
+        # ... and rides out a Redis that answers but refuses writes (OOM at maxmemory, READONLY,
+        # MISCONF) when it meets one declaring its queues at start-up or on a reconnect (kombu does
+        # that inside MULTI, refused whole when Redis is full): retried like a lost connection
+        # instead of "Unrecoverable error". The consuming loop pauses on them itself (broker.py)
+        broker_channel_error_retry=True,
         # kombu's Redis transport minus a client per call and a round trip per ack (tasks/broker.py)
         broker_transport="tasks.broker:Transport",
         task_default_queue=DEFAULT,

@@ -121,3 +121,37 @@ def test_workers_ride_through_redis_refusing_writes(
         procs.stop()
         r.close()
         server.stop()
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("fault", [make_replica, make_full], ids=["readonly", "oom"])
+def test_a_worker_started_while_redis_refuses_writes_waits_and_then_works(
+    tmp_path: Path, fault: Callable[[redis.Redis, int], None]
+) -> None:
+    server = EmbeddedRedis(data_dir=tmp_path / "redis").start()
+    r = redis.Redis.from_url(server.url, socket_timeout=5)
+    prefix = f"startrefused-{uuid.uuid4().hex[:6]}:"
+    procs = Processes(tmp_path)
+    try:
+        fault(r, server.port)
+        worker = procs.start(
+            ["worker", "default", "--concurrency", "2"], process_env(server.url, prefix)
+        )
+        try:
+            # it meets the refusal declaring its queues (kombu does that inside MULTI) ...
+            wait_for(lambda: "Trying to reconnect" in procs.logs(tail=None), timeout=60)
+            assert worker.poll() is None, "the worker exited"
+            heal(r)
+            # ... and once Redis takes writes again it consumes
+            with TestClient(create_app(make_settings(server.url, prefix))) as api:
+                ids = submit_echo_jobs(api, 5, sleep_ms=1)
+            wait_for(lambda: all_final(r, prefix, ids), timeout=90, interval=0.5)
+            assert {rec[b"status"] for rec in jobs(r, prefix, ids)} == {b"succeeded"}
+            assert worker.poll() is None, "the worker exited"
+            assert "Unrecoverable error" not in procs.logs(tail=None)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{procs.logs()}") from None
+    finally:
+        procs.stop()
+        r.close()
+        server.stop()
