@@ -146,6 +146,10 @@ def kill_worker(stack: Stack, worker: str, subs: list[Submission], until: float)
                 kill.recovered_after = time.monotonic() - at
             if all_final(r, outstanding):
                 kill.drained_after = time.monotonic() - at
+                # what it held is part of the outstanding: final now too, if it turned final
+                # between the two reads above (CI saw "in flight: never" with all drained)
+                if kill.recovered_after is None:
+                    kill.recovered_after = kill.drained_after
             time.sleep(0.25)
         r.close()
 
