@@ -6,6 +6,7 @@ WORKDIR /app
 RUN apt-get update && apt-get install -y --no-install-recommends ffmpeg \
     && rm -rf /var/lib/apt/lists/*
 COPY pyproject.toml README.md requirements.lock ./
+COPY core ./core
 COPY gateway ./gateway
 COPY handlers ./handlers
 COPY tasks ./tasks

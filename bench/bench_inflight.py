@@ -128,8 +128,8 @@ async def enqueue_jobs(redis_url: str, prefix: str, kind: str, n: int) -> list[s
     """Write ``n`` jobs of ``kind`` the way POST /v1/jobs/{kind} does; return their ids."""
     from redis.asyncio import Redis
 
+    from core.kinds import KINDS
     from tasks.keys import Keys
-    from tasks.kinds import KINDS
     from tasks.pipelined import PipelinedRedis
     from tasks.protocol import task_message
     from tasks.queues import queue_for

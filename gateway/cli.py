@@ -40,8 +40,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_worker(args.queues, args.pool, args.concurrency, args.loglevel)
     if args.command == "beat":
         return beat_healthcheck() if args.healthcheck else run_beat()
+    from core.settings import get_settings
     from gateway.dev import run_dev
-    from gateway.settings import get_settings
 
     return run_dev(args.host, args.port, get_settings())
 
@@ -50,9 +50,9 @@ def run_api(host: str, port: int, workers: int = 1) -> int:
     """Serve the API with uvicorn."""
     import uvicorn
 
+    from core.settings import get_settings
     from gateway.dev import announce_dev_key, check_bind
     from gateway.http_limits import LimitedHttpToolsProtocol
-    from gateway.settings import get_settings
 
     settings = get_settings()
     check_bind(settings, host)
@@ -75,7 +75,7 @@ def run_api(host: str, port: int, workers: int = 1) -> int:
 
 def run_worker(queues: list[str], pool: str | None, concurrency: int | None, loglevel: str) -> int:
     """Run a Celery worker on ``queues`` with the first queue's profile unless overridden."""
-    from gateway.settings import get_settings
+    from core.settings import get_settings
     from tasks.app import app
 
     if "email" in queues and get_settings().smtp_host is None:
@@ -120,7 +120,7 @@ def run_worker(queues: list[str], pool: str | None, concurrency: int | None, log
 
 def run_beat() -> int:
     """Run Celery beat (periodic jobs), keeping its state under the data directory."""
-    from gateway.settings import get_settings
+    from core.settings import get_settings
     from tasks.app import app
 
     data_dir = get_settings().data_dir
@@ -146,7 +146,7 @@ def run_beat() -> int:
 
 def beat_healthcheck() -> int:
     """0 if beat's liveness file (touched on every tick, leader or standby) is fresh, else 1."""
-    from gateway.settings import get_settings
+    from core.settings import get_settings
 
     path = get_settings().beat_alive_file
     try:

@@ -7,8 +7,8 @@ from typing import Annotated
 from fastapi import Depends, Header, Request
 from redis.asyncio import Redis
 
+from core.settings import Settings
 from gateway.auth import authenticate
-from gateway.settings import Settings
 from tasks.keys import Keys
 from tasks.store import JobStore
 

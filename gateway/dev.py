@@ -19,8 +19,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from core.settings import DEV_API_KEY, Settings
 from gateway.embedded import EmbeddedRedis
-from gateway.settings import DEV_API_KEY, Settings
 from tasks.queues import QUEUES
 
 RESTART_FIRST_DELAY = 0.5

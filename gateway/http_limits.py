@@ -20,7 +20,7 @@ from functools import lru_cache
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from gateway.settings import get_settings
+from core.settings import get_settings
 
 
 class HeadTooLarge(Exception):

@@ -8,13 +8,13 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from core.configs import outbound_policy
+from core.settings import Settings, get_settings
 from gateway import errors
 from gateway.redis_client import open_redis
 from gateway.routes import dead_letters, example, files, health, jobs, webhooks
-from gateway.settings import Settings, get_settings
 from gateway.webhooks.sources import check_destinations, load_sources
 from tasks.dead_letters import DeadLetters
-from tasks.deliveries import outbound_policy
 from tasks.events import EventStore
 from tasks.keys import Keys
 from tasks.pipelined import PipelinedRedis

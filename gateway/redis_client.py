@@ -7,7 +7,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from gateway.settings import Settings
+from core.settings import Settings
 
 
 def open_redis(settings: Settings) -> Redis:

@@ -8,7 +8,7 @@ from typing import Any
 from celery import Celery, signals
 from kombu.entity import Queue
 
-from gateway.settings import get_settings
+from core.settings import get_settings
 from tasks.queues import DEFAULT, FILES, QUEUES, ROUTES
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from celery.beat import PersistentScheduler
 
-from gateway.settings import get_settings
+from core.settings import get_settings
 from tasks.runtime import keys, worker_redis
 
 log = logging.getLogger(__name__)

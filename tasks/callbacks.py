@@ -11,7 +11,8 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime
 
-from gateway.settings import get_settings
+from core.retry import policy_for
+from core.settings import get_settings
 from handlers.delivery import deliver
 from handlers.signing import standard_webhooks_key
 from tasks import loop
@@ -26,7 +27,7 @@ from tasks.deliveries import (
 from tasks.pipelined import Commands
 from tasks.protocol import task_message
 from tasks.queues import CALLBACKS
-from tasks.runtime import fast_redis, keys, policy_for, requeued_if_redis_fails
+from tasks.runtime import fast_redis, keys, requeued_if_redis_fails
 from tasks.store import encode, now_iso
 
 

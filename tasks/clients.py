@@ -15,7 +15,8 @@ from pathlib import Path
 
 import httpx
 
-from gateway.settings import Settings, get_settings
+from core.configs import llm_config, outbound_policy, smtp_config
+from core.settings import Settings, get_settings
 from handlers.email import SmtpConfig
 from handlers.errors import PermanentError
 from handlers.files import FileStore
@@ -23,7 +24,6 @@ from handlers.llm import LlmConfig
 from handlers.outbound import AiohttpTransport, build_client, fetch_to_file, request_limited
 from handlers.smtp_pool import SmtpPool
 from tasks import loop
-from tasks.deliveries import outbound_policy
 
 log = logging.getLogger(__name__)
 
@@ -62,30 +62,6 @@ class WorkerClients:
     def fetch_to_file(self, url: str, dest: Path, max_bytes: int) -> int:
         """Stream a caller-named URL to ``dest`` through the guarded client, from a sync task."""
         return loop.run(fetch_to_file(self.outbound, url, dest, max_bytes=max_bytes))
-
-
-def smtp_config(settings: Settings) -> SmtpConfig:
-    """SMTP relay settings as the email handler takes them."""
-    return SmtpConfig(
-        # unset only in workers without the email queue: `gateway worker email` refuses to start
-        host=settings.smtp_host or "",
-        port=settings.smtp_port,
-        tls=settings.smtp_tls,
-        username=settings.smtp_username,
-        password=settings.smtp_password,
-        timeout=settings.smtp_timeout_seconds,
-        default_from=settings.mail_from,
-    )
-
-
-def llm_config(settings: Settings) -> LlmConfig:
-    """LLM provider settings as the LLM handler takes them."""
-    return LlmConfig(
-        base_url=settings.llm_base_url,
-        api_key=settings.llm_api_key,
-        default_model=settings.llm_default_model,
-        timeout=settings.llm_timeout_seconds,
-    )
 
 
 def llm_client(settings: Settings) -> httpx.AsyncClient:

@@ -12,12 +12,12 @@ from typing import Any, cast
 
 from redis.asyncio import Redis
 
+from core.kinds import KINDS
+from core.retry import policy_for
 from tasks.deliveries import CALLBACK_POLICY, DELIVER_TASK
 from tasks.keys import Keys
-from tasks.kinds import KINDS
 from tasks.protocol import job_message, task_message
 from tasks.queues import CALLBACKS, queue_for
-from tasks.runtime import policy_for
 from tasks.store import decode, now_iso
 
 _REPLAY = """

@@ -14,13 +14,11 @@ from typing import Any
 
 from redis.client import Pipeline
 
-from gateway.settings import Settings
-from handlers.outbound import OutboundPolicy
+from core.retry import RetryPolicy
 from tasks.keys import Keys
 from tasks.pipelined import Commands, PipelinedRedis
 from tasks.protocol import dumps, task_message
 from tasks.queues import CALLBACKS
-from tasks.retry import RetryPolicy
 from tasks.store import decode, encode, now_iso
 
 DELIVER_TASK = "callbacks.deliver"
@@ -44,17 +42,6 @@ redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 redis.call('HSET', KEYS[1], 'status', 'delivering')
 return redis.call('HGETALL', KEYS[1])
 """
-
-
-def outbound_policy(settings: Settings) -> OutboundPolicy:
-    """The outbound guard's policy, from settings (used at submit time and by the client)."""
-    return OutboundPolicy(
-        allow_hosts=settings.outbound_allow_hosts,
-        allow_networks=settings.outbound_allow_networks,
-        allow_http=settings.outbound_allow_http,
-        timeout=settings.outbound_timeout_seconds,
-        max_response_bytes=settings.outbound_max_response_bytes,
-    )
 
 
 def new_delivery_id() -> str:

@@ -6,10 +6,10 @@ from typing import Any
 
 from celery import signals
 
-from gateway.settings import get_settings
+from core.kinds import KINDS
+from core.settings import get_settings
 from tasks.app import app
 from tasks.clients import close_clients
-from tasks.kinds import KINDS
 from tasks.queues import FILES, queue_for
 from tasks.runtime import keys, requeued_if_redis_fails, run_job, worker_redis
 from tasks.schedule import Mover

@@ -20,9 +20,9 @@ from typing import Any
 from celery.schedules import crontab
 from pydantic import BaseModel, Field, model_validator
 
-from gateway.settings import get_settings
+from core.kinds import KINDS
+from core.settings import get_settings
 from tasks.app import app
-from tasks.kinds import KINDS
 from tasks.submit import submit_job
 
 FIRE_TASK = "periodic.fire"

@@ -22,17 +22,18 @@ import redis
 from celery.exceptions import Reject
 from pydantic import BaseModel, ValidationError
 
-from gateway.settings import get_settings
+from core.kinds import KINDS, Kind
+from core.retry import policy_for
+from core.settings import get_settings
 from handlers.errors import PermanentError, TransientError
 from tasks import loop
 from tasks.context import JobContext
 from tasks.deliveries import CALLBACK_POLICY, add_delivery, job_event
 from tasks.keys import Keys
-from tasks.kinds import KINDS, Kind
 from tasks.pipelined import Commands, PipelinedRedis
 from tasks.protocol import job_message
 from tasks.queues import queue_for
-from tasks.retry import RetryPolicy
+from tasks.runners import RUNNERS
 from tasks.store import decode, encode, now_iso
 
 log = logging.getLogger(__name__)
@@ -95,24 +96,6 @@ def keys() -> Keys:
     return Keys(get_settings().redis_key_prefix)
 
 
-def default_policy() -> RetryPolicy:
-    """The retry policy of kinds that don't name their own."""
-    s = get_settings()
-    return RetryPolicy(s.max_attempts, s.retry_base_seconds, s.retry_max_seconds, s.retry_jitter)
-
-
-def policy_for(name: str, base: RetryPolicy | None) -> RetryPolicy:
-    """The retry policy of ``name`` (a kind, or "callbacks"), with RETRY_POLICIES applied."""
-    policy = base or default_policy()
-    override = get_settings().retry_policies.get(name)
-    if not override:
-        return policy
-    values = {**policy.__dict__, **override}
-    if values.get("schedule") is not None:
-        values["schedule"] = tuple(float(step) for step in values["schedule"])
-    return RetryPolicy(**values)
-
-
 @contextmanager
 def requeued_if_redis_fails() -> Iterator[None]:
     """Hand the message back, not ack it, when a record cannot be read or written.
@@ -166,7 +149,7 @@ def run_job(job_id: str) -> str | None:
 
 
 def _call(kind: Kind, payload: Any, ctx: JobContext) -> Any:
-    out = kind.run(kind.input.model_validate(payload), ctx)
+    out = RUNNERS[kind.name](kind.input.model_validate(payload), ctx)
     if inspect.iscoroutine(out):
         out = loop.run(out)
     return out.model_dump(mode="json") if isinstance(out, BaseModel) else out

@@ -6,11 +6,12 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from gateway.settings import get_settings
-from tasks.kinds import KINDS
+from core.kinds import KINDS
+from core.retry import policy_for
+from core.settings import get_settings
 from tasks.protocol import job_message
 from tasks.queues import queue_for
-from tasks.runtime import keys, policy_for, worker_redis
+from tasks.runtime import keys, worker_redis
 from tasks.store import Idempotency, NewJob, create_sync
 
 

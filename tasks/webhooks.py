@@ -17,21 +17,17 @@ from typing import Any
 import redis
 from pydantic import ValidationError
 
-from gateway.settings import get_settings
+from core.configs import outbound_policy
+from core.retry import default_policy, policy_for
+from core.settings import get_settings
 from gateway.webhooks.sources import LoadedSource, load_sources
 from handlers.webhooks import EventUnreadable, event_document, job_payload, matching_routes
 from tasks.app import app
-from tasks.deliveries import CALLBACK_POLICY, add_delivery, outbound_policy
+from tasks.deliveries import CALLBACK_POLICY, add_delivery
 from tasks.events import FINAL, PROCESS_TASK, decode, process_message
 from tasks.protocol import dumps
 from tasks.queues import WEBHOOKS
-from tasks.runtime import (
-    default_policy,
-    keys,
-    policy_for,
-    requeued_if_redis_fails,
-    worker_redis,
-)
+from tasks.runtime import keys, requeued_if_redis_fails, worker_redis
 from tasks.store import now_iso
 from tasks.submit import submit_job
 

@@ -17,9 +17,9 @@ import redis
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
+from core.settings import Settings
 from gateway.embedded import EmbeddedRedis, free_port
 from gateway.main import create_app
-from gateway.settings import Settings
 
 API_KEY = "test-key-0123456789"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}

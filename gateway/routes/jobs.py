@@ -10,17 +10,17 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ValidationError
 
+from core.kinds import KINDS
+from core.retry import policy_for
+from core.settings import Settings
 from gateway.auth import authenticate
 from gateway.body import parse_object, read_limited, require_json
 from gateway.deps import JobsDep, KeysDep, OwnerDep
 from gateway.errors import ApiError, responses, validation_errors
-from gateway.settings import Settings
 from handlers.outbound import UrlRejected, check_url
 from tasks.deliveries import list_for
-from tasks.kinds import KINDS
 from tasks.protocol import job_message, new_id
 from tasks.queues import queue_for
-from tasks.runtime import policy_for
 from tasks.store import Idempotency, JobStore, NewJob
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])

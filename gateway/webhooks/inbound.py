@@ -13,9 +13,9 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from core.settings import Settings
 from gateway.body import read_limited
 from gateway.errors import ApiError
-from gateway.settings import Settings
 from gateway.webhooks.signatures import SignatureError, Verified
 from gateway.webhooks.sources import LoadedSource
 from handlers.webhooks import media_type

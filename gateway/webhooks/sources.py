@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from core.kinds import KINDS
 from gateway.webhooks.signatures import (
     Verified,
     verify_github,
@@ -172,8 +173,6 @@ def _secrets(source: Source, environ: Mapping[str, str]) -> list[str]:
 
 
 def _check_shapes(source: Source, policy: OutboundPolicy) -> None:
-    from tasks.kinds import KINDS  # the job kinds live with the tasks; imported only when loading
-
     for number, route in enumerate(source.routes, 1):
         where = f"source {source.name!r} route {number}"
         urls = list(route.forward)

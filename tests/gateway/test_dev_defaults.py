@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
+from core.settings import DEV_API_KEY, Settings, get_settings
 from gateway.dev import check_bind
-from gateway.settings import DEV_API_KEY, Settings, get_settings
 from tests.conftest import ROOT
 
 DEV_KEY_HASH = hashlib.sha256(DEV_API_KEY.encode()).hexdigest()

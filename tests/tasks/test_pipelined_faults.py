@@ -123,10 +123,12 @@ def judge(op: Op, outcome: Any, connection_trouble: bool) -> str | None:
     if isinstance(outcome, redis.ConnectionError | redis.TimeoutError) and connection_trouble:
         return None
     if op.error is not None:
-        if isinstance(outcome, redis.ResponseError) and str(outcome).startswith(op.error):
-            if op.error == "WRONGTYPE" or str(outcome) == op.error:
+        # Redis 7 puts "ERR " before a script's error_reply text that has no error code of its own
+        text = str(outcome).removeprefix("ERR ")
+        if isinstance(outcome, redis.ResponseError) and text.startswith(op.error):
+            if op.error == "WRONGTYPE" or text == op.error:
                 return None
-        return f"{op.name}: expected error {op.error!r}, got {outcome!r:.200}"
+        return f"{op.name}: expected error {op.error!r}, got {outcome!r:.200}: {str(outcome)!r:.200}"
     if outcome != op.reply:
         return f"{op.name}: expected {op.reply!r:.80}, got {outcome!r:.200}"
     return None

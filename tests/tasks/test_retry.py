@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tasks.retry import RetryPolicy
+from core.retry import RetryPolicy
 
 
 def test_exponential_backoff_with_jitter_stays_in_its_band() -> None:

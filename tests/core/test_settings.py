@@ -6,7 +6,7 @@ import hashlib
 
 import pytest
 
-from gateway.settings import Settings, get_settings
+from core.settings import Settings, get_settings
 
 
 def build(monkeypatch: pytest.MonkeyPatch, **env: str) -> Settings:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from core.settings import get_settings
+
 
 @dataclass(frozen=True)
 class RetryPolicy:
@@ -28,3 +30,21 @@ class RetryPolicy:
             base = min(self.max_seconds, self.base_seconds * 2 ** (attempt - 1))
         spread = base * self.jitter
         return max(0.0, base + random.uniform(-spread, spread))
+
+
+def default_policy() -> RetryPolicy:
+    """The retry policy of kinds that don't name their own."""
+    s = get_settings()
+    return RetryPolicy(s.max_attempts, s.retry_base_seconds, s.retry_max_seconds, s.retry_jitter)
+
+
+def policy_for(name: str, base: RetryPolicy | None) -> RetryPolicy:
+    """The retry policy of ``name`` (a kind, or "callbacks"), with RETRY_POLICIES applied."""
+    policy = base or default_policy()
+    override = get_settings().retry_policies.get(name)
+    if not override:
+        return policy
+    values = {**policy.__dict__, **override}
+    if values.get("schedule") is not None:
+        values["schedule"] = tuple(float(step) for step in values["schedule"])
+    return RetryPolicy(**values)
