@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from core.configs import outbound_policy
 from core.retry import default_policy, policy_for
 from core.settings import get_settings
-from gateway.webhooks.sources import LoadedSource, load_sources
+from core.sources import LoadedSource, load_sources
 from handlers.webhooks import EventUnreadable, event_document, job_payload, matching_routes
 from tasks.app import app
 from tasks.deliveries import CALLBACK_POLICY, add_delivery
