@@ -9,11 +9,13 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from core.configs import outbound_policy
+from core.destinations import check_destinations
 from core.settings import Settings, get_settings
+from core.sources import load_sources
 from gateway import errors
 from gateway.redis_client import open_redis
 from gateway.routes import dead_letters, example, files, health, jobs, webhooks
-from gateway.webhooks.sources import check_destinations, load_sources
+from gateway.webhooks.verifiers import inbound_sources
 from tasks.dead_letters import DeadLetters
 from tasks.events import EventStore
 from tasks.keys import Keys
@@ -61,8 +63,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.api_key_hashes = settings.api_key_hashes()
     app.state.outbound_policy = outbound_policy(settings)
     # parsed, checked and its secrets read once, here: a bad file stops startup, not a request
-    app.state.webhook_sources = load_sources(
-        settings.webhook_sources_file, app.state.outbound_policy
+    app.state.webhook_sources = inbound_sources(
+        load_sources(settings.webhook_sources_file, app.state.outbound_policy)
     )
     errors.install(app)
     # Routes go onto the app itself, hot paths first: include_router (FastAPI 0.16x) wraps each

@@ -1,5 +1,8 @@
 """The webhooks queue: route one recorded event to its destinations, exactly once per event.
 
+What an event starts is decided by plain functions (tasks/routing.py); this module claims the
+event, carries the plan out and records the result.
+
 At least once in, once out: the event is claimed atomically (a final event's message is dropped);
 jobs are submitted with an idempotency key made from the event id and the route, and forwarded
 deliveries get ids made the same way; the deliveries and the event's final status are written in
@@ -8,7 +11,6 @@ one transaction, guarded by WATCH, so a message delivered twice makes them once.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from functools import lru_cache
@@ -20,13 +22,13 @@ from pydantic import ValidationError
 from core.configs import outbound_policy
 from core.retry import default_policy, policy_for
 from core.settings import get_settings
-from gateway.webhooks.sources import LoadedSource, load_sources
-from handlers.webhooks import EventUnreadable, event_document, job_payload, matching_routes
+from core.sources import LoadedSource, load_sources
 from tasks.app import app
 from tasks.deliveries import CALLBACK_POLICY, add_delivery
 from tasks.events import FINAL, PROCESS_TASK, decode, process_message
 from tasks.protocol import dumps
 from tasks.queues import WEBHOOKS
+from tasks.routing import Failure, JobRequest, Plan, RouteResult, outcome, plan_event
 from tasks.runtime import keys, requeued_if_redis_fails, worker_redis
 from tasks.store import now_iso
 from tasks.submit import submit_job
@@ -56,12 +58,6 @@ def sources() -> dict[str, LoadedSource]:
     )
 
 
-def delivery_id(event_id: str, route: int, url: str) -> str:
-    """The forwarded delivery's id (its webhook-id): the same whenever this event is processed."""
-    digest = hashlib.sha256(f"{event_id}\n{route}\n{url}".encode()).hexdigest()
-    return f"msg_{digest[:32]}"
-
-
 def process_event(event_id: str) -> str | None:
     """Route event ``event_id`` once; returns the status it ended in (None if not processable)."""
     r, k = worker_redis(), keys()
@@ -79,54 +75,42 @@ def process_event(event_id: str) -> str | None:
 
 
 def _route(event: dict[str, Any]) -> str:
-    source = sources().get(event["source"])
-    if source is None:
-        return _finish(
-            event, "failed", error=_error("unknown_source", "source no longer configured")
-        )
-    config = source.config
-    indexes = matching_routes(event["type"] or "", [route.events for route in config.routes])
-    if not indexes:
-        return _finish(event, "ignored", reason="no route matches this event type")
+    plan = plan_event(event, sources().get(event["source"]))
+    if plan.status != "routed":
+        return _finish(event, plan.status, reason=plan.reason, error=_failure(plan.error))
+    result = outcome(plan, [_submit(job) for job in plan.jobs])
+    routes = [_record(route) for route in result.routes]
+    return _finish(event, result.status, routes=routes, plan=plan, error=_failure(result.error))
+
+
+def _submit(job: JobRequest) -> str | Failure:
+    """Submit one planned job; a refusal (unknown kind, invalid payload) fails only its route."""
     try:
-        document = event_document(event["body"], event.get("content_type") or "")
-    except EventUnreadable as exc:  # the API checked; only a changed record could get here
-        return _finish(event, "failed", error=_error("invalid_json", str(exc)))
-    outcomes: list[dict[str, Any]] = []
-    forwards: list[tuple[str, str]] = []
-    for index in indexes:
-        route = config.routes[index]
-        outcome: dict[str, Any] = {"route": index + 1, "events": route.events}
-        if route.forward:
-            ids = [delivery_id(event["id"], index, url) for url in route.forward]
-            forwards.extend(zip(ids, route.forward, strict=True))
-            outcome["deliveries"] = ids
-        if route.job is not None:
-            payload = job_payload(route.job.payload, route.job.event_key, document)
-            try:
-                outcome["job"] = submit_job(
-                    route.job.kind,
-                    payload,
-                    owner=f"webhook:{config.name}",
-                    callback_url=route.job.callback_url,
-                    idempotency_key=f"event:{event['id']}:{index}",
-                )
-            except (KeyError, ValidationError) as exc:
-                outcome["error"] = _error("job_refused", _short(exc))
-        outcomes.append(outcome)
-    failed = [o for o in outcomes if "error" in o]
-    body = {
-        "type": event["type"],
-        "timestamp": event.get("received_at"),
-        "source": config.name,
-        "event_id": event["id"],
-        "data": document,
-    }
-    error = _error("route_failed", f"{len(failed)} route(s) failed") if failed else None
-    return _finish(
-        event, "failed" if failed else "routed", routes=outcomes, forwards=forwards, body=body,
-        error=error,
-    )  # fmt: skip
+        return submit_job(
+            job.kind,
+            job.payload,
+            owner=job.owner,
+            callback_url=job.callback_url,
+            idempotency_key=job.idempotency_key,
+        )
+    except (KeyError, ValidationError) as exc:
+        return Failure("job_refused", _short(exc))
+
+
+def _record(result: RouteResult) -> dict[str, Any]:
+    """One route's result as the event's ``routes`` field shows it."""
+    record: dict[str, Any] = {"route": result.number, "events": result.events}
+    if result.deliveries:
+        record["deliveries"] = result.deliveries
+    if result.job is not None:
+        record["job"] = result.job
+    if result.error is not None:
+        record["error"] = _failure(result.error)
+    return record
+
+
+def _failure(failure: Failure | None) -> dict[str, str] | None:
+    return _error(failure.code, failure.detail) if failure else None
 
 
 def _finish(
@@ -135,11 +119,10 @@ def _finish(
     *,
     reason: str | None = None,
     routes: list[dict[str, Any]] | None = None,
-    forwards: list[tuple[str, str]] | None = None,
-    body: dict[str, Any] | None = None,
+    plan: Plan | None = None,
     error: dict[str, str] | None = None,
 ) -> str:
-    """Write the event's outcome and its deliveries in one transaction, once."""
+    """Write the event's outcome and its ``plan``'s deliveries in one transaction, once."""
     r, k = worker_redis(), keys()
     key = k.event(event["id"])
     ttl = get_settings().job_ttl_seconds
@@ -153,6 +136,7 @@ def _finish(
         "error": dumps(error) if error else "",
     }
     max_attempts = policy_for("callbacks", CALLBACK_POLICY).max_attempts
+    forwards = plan.forwards if plan else []
     with r.pipeline(transaction=True) as pipe:
         while True:
             try:
@@ -163,18 +147,18 @@ def _finish(
                     pipe.reset()
                     return current or status
                 pipe.multi()
-                for msg_id, url in forwards or []:
-                    assert body is not None
+                for forward in forwards:
+                    assert plan is not None and plan.body is not None
                     add_delivery(
                         pipe,
                         k,
-                        url=url,
-                        body=body,
-                        parent=f"event:{event['id']}",
-                        owner=f"webhook:{event['source']}",
+                        url=forward.url,
+                        body=plan.body,
+                        parent=plan.parent,
+                        owner=plan.owner,
                         max_attempts=max_attempts,
                         ttl=ttl,
-                        delivery_id=msg_id,
+                        delivery_id=forward.delivery_id,
                     )
                 pipe.hset(key, mapping=fields)
                 pipe.expire(key, ttl)

@@ -17,7 +17,7 @@ from core.settings import Settings
 from gateway.body import read_limited
 from gateway.errors import ApiError
 from gateway.webhooks.signatures import SignatureError, Verified
-from gateway.webhooks.sources import LoadedSource
+from gateway.webhooks.verifiers import InboundSource
 from handlers.webhooks import media_type
 
 
@@ -25,7 +25,7 @@ from handlers.webhooks import media_type
 class InboundWebhook:
     """A request whose signature verified: its source, media type, raw body and what it told us."""
 
-    source: LoadedSource
+    source: InboundSource
     media: str
     body: bytes
     verified: Verified
@@ -33,7 +33,7 @@ class InboundWebhook:
 
 async def verified_webhook(source: str, request: Request) -> InboundWebhook:
     """The verified webhook for ``POST /v1/webhooks/{source}``."""
-    sources: Mapping[str, LoadedSource] = request.app.state.webhook_sources
+    sources: Mapping[str, InboundSource] = request.app.state.webhook_sources
     loaded = sources.get(source)
     if loaded is None:
         raise ApiError(404, "unknown_source", f"no webhook source {source!r}")

@@ -1,17 +1,17 @@
-"""Webhook sources: the TOML file that declares them, checked once at startup (see README).
+"""Webhook sources: the TOML file that declares them, read and checked once at startup (see README).
 
-Everything a request needs is prepared here, once per process: secrets read from the environment,
-each source's verifier bound to its secrets and options, patterns and destinations validated. A
-mistake in the file, a missing secret or a refused destination stops the process at startup with
-a message naming the source and the field, never quoting a secret.
+Both the API (schemes and secrets: gateway/webhooks/verifiers.py binds each verifier) and the
+webhooks workers (routes, without secrets) load it. Secrets come from the environment; job kinds,
+payload templates and destination URLs are checked here, without the network (the API resolves
+destinations at start-up: core/destinations.py). A mistake in the file or a missing secret stops
+the process at startup with a message naming the source and the field, never quoting a secret.
 """
 
 from __future__ import annotations
 
-import functools
 import os
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -19,20 +19,12 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from core.kinds import KINDS
-from gateway.webhooks.signatures import (
-    Verified,
-    verify_github,
-    verify_hmac,
-    verify_standard,
-    verify_stripe,
-)
-from handlers.outbound import OutboundPolicy, UrlRejected, check_url, redact_url
+from handlers.outbound import OutboundPolicy, UrlRejected, redact_url
 from handlers.outbound.policy import parse_url
 from handlers.signing import standard_webhooks_key
 from handlers.webhooks import FORM, is_json
 
 Scheme = Literal["standard", "github", "stripe", "hmac"]
-Verifier = Callable[[Mapping[str, str], bytes], Verified]
 
 _NAME = r"^[A-Za-z0-9_.-]{1,64}$"
 _HMAC_ONLY = ("header", "algorithm", "encoding", "prefix", "timestamp_header", "id_header")
@@ -61,6 +53,11 @@ class Route(BaseModel):
     events: list[str] = Field(min_length=1)
     forward: list[str] = Field(default_factory=list)
     job: JobRoute | None = None
+
+    def urls(self) -> list[str]:
+        """Every URL this route sends to: its forwards, then its job's callback."""
+        callback = self.job.callback_url if self.job is not None else None
+        return [*self.forward, *([callback] if callback else [])]
 
     @model_validator(mode="after")
     def _has_destination(self) -> Route:
@@ -130,36 +127,18 @@ class Source(BaseModel):
 
 @dataclass(frozen=True)
 class LoadedSource:
-    """A source ready for requests: its config and its verifier bound to its secrets."""
+    """A source as loaded: its config and the secrets its ``secrets_env`` names, in that order."""
 
     config: Source
-    verify: Verifier = field(repr=False)
+    secrets: tuple[str, ...] = field(default=(), repr=False)
 
 
-def _verifier(source: Source, secrets: list[str]) -> Verifier:
-    """The scheme's verifier with this source's secrets and options bound, built once."""
+def _checked_secrets(source: Source, secrets: list[str]) -> tuple[str, ...]:
+    """Refuse a secret the scheme cannot use now, not on every request (the message names none)."""
     if source.scheme == "standard":
         for secret in secrets:
-            standard_webhooks_key(secret)  # refuse a secret that is not base64 now, not per request
-        return functools.partial(
-            verify_standard, secrets=secrets, tolerance=source.tolerance or 300
-        )
-    if source.scheme == "stripe":
-        return functools.partial(verify_stripe, secrets=secrets, tolerance=source.tolerance or 300)
-    if source.scheme == "github":
-        return functools.partial(verify_github, secrets=secrets)
-    assert source.header is not None  # checked by Source._consistent
-    return functools.partial(
-        verify_hmac,
-        secrets=secrets,
-        header=source.header,
-        algorithm=source.algorithm or "sha256",
-        encoding=source.encoding or "hex",
-        prefix=source.prefix or "",
-        timestamp_header=source.timestamp_header,
-        tolerance=source.tolerance,
-        id_header=source.id_header,
-    )
+            standard_webhooks_key(secret)
+    return tuple(secrets)
 
 
 def _secrets(source: Source, environ: Mapping[str, str]) -> list[str]:
@@ -175,14 +154,11 @@ def _secrets(source: Source, environ: Mapping[str, str]) -> list[str]:
 def _check_shapes(source: Source, policy: OutboundPolicy) -> None:
     for number, route in enumerate(source.routes, 1):
         where = f"source {source.name!r} route {number}"
-        urls = list(route.forward)
         if route.job is not None:
             if route.job.kind not in KINDS:
                 raise SourcesError(f"{where}: unknown job kind {route.job.kind!r}")
             _check_template(route.job, KINDS[route.job.kind].input, where)
-            if route.job.callback_url:
-                urls.append(route.job.callback_url)
-        for url in urls:
+        for url in route.urls():
             try:
                 parse_url(url, policy)
             except UrlRejected as exc:
@@ -233,9 +209,11 @@ def parse_sources(
             # only the location and message: pydantic's own text would echo the input
             raise SourcesError(f"source {name!r}: {loc}: {err['msg']}") from None
         _check_shapes(source, policy)
-        secrets = _secrets(source, environ) if with_secrets else ["unused"]
+        if not with_secrets:
+            loaded[name] = LoadedSource(source)
+            continue
         try:
-            loaded[name] = LoadedSource(source, _verifier(source, secrets))
+            loaded[name] = LoadedSource(source, _checked_secrets(source, _secrets(source, environ)))
         except ValueError as exc:  # a secret the scheme cannot use (message names no secret)
             raise SourcesError(f"source {name!r}: {exc}") from None
     return loaded
@@ -259,24 +237,3 @@ def load_sources(
         return parse_sources(data, policy, environ, with_secrets=with_secrets)
     except SourcesError as exc:
         raise SourcesError(f"WEBHOOK_SOURCES_FILE {path}: {exc}") from None
-
-
-async def check_destinations(sources: Mapping[str, LoadedSource], policy: OutboundPolicy) -> None:
-    """Refuse destinations that resolve to blocked addresses (the guard checks again on connect).
-
-    A name that does not resolve yet is allowed: DNS may come up after the gateway does, and a
-    delivery to it fails visibly and is retried.
-    """
-    for name, loaded in sources.items():
-        for route in loaded.config.routes:
-            urls = list(route.forward)
-            if route.job is not None and route.job.callback_url:
-                urls.append(route.job.callback_url)
-            for url in urls:
-                try:
-                    await check_url(url, policy)
-                except UrlRejected as exc:
-                    if exc.code != "url_unresolvable":
-                        raise SourcesError(
-                            f"source {name!r}: {redact_url(url)} refused ({exc.code}: {exc.detail})"
-                        ) from None
