@@ -128,7 +128,9 @@ def judge(op: Op, outcome: Any, connection_trouble: bool) -> str | None:
         if isinstance(outcome, redis.ResponseError) and text.startswith(op.error):
             if op.error == "WRONGTYPE" or text == op.error:
                 return None
-        return f"{op.name}: expected error {op.error!r}, got {outcome!r:.200}: {str(outcome)!r:.200}"
+        return (
+            f"{op.name}: expected error {op.error!r}, got {outcome!r:.200}: {str(outcome)!r:.200}"
+        )
     if outcome != op.reply:
         return f"{op.name}: expected {op.reply!r:.80}, got {outcome!r:.200}"
     return None
