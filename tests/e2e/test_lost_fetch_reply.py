@@ -3,7 +3,7 @@
 Redis ran the fetch script (the message is out of its queue and recorded under the worker's
 consumer) but the connection dropped before the reply reached the worker: what happens when
 Redis stops in that instant. The worker is alive, so the reaper leaves the message alone; the
-worker itself must give it back (tasks/broker.py), and only it: a long task it runs meanwhile
+worker itself must give it back (tasks/broker_fetch.py), and only it: a long task it runs meanwhile
 stays its own. A proxy on loopback in front of a real Redis (AOF on) loses exactly that reply.
 """
 
