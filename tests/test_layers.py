@@ -5,7 +5,8 @@ function or under ``if TYPE_CHECKING:`` counts as much as one at the top, since 
 modules together all the same. Relative imports are resolved; ``import a.b.c`` also imports the
 packages ``a`` and ``a.b`` (Python runs their ``__init__`` first), except the packages that
 contain the importing module, which Python has imported before it runs. A failure lists every
-offending edge with its file and line.
+offending edge with its file and line. One module, a little over 250 lines: the walker and the
+synthetic tree that proves each of its checks can fail belong together.
 """
 
 from __future__ import annotations
