@@ -3,9 +3,9 @@
 Every consuming worker process has a consumer id of its own (hostname, pid and random bits: two
 workers may share a Celery hostname) and keeps a liveness key with a short TTL, renewed from a
 thread of its own so that neither a busy event loop nor a reconnecting consumer lets it lapse.
-The fetch script (tasks/broker.py) records each message it takes under its consumer, in the same
-atomic step as kombu's unacked record: ``<unacked>:taken:<consumer>`` maps the delivery tag to
-the list it came from.
+The fetch script (tasks/broker_fetch.py) records each message it takes under its consumer, in the
+same atomic step as kombu's unacked record: ``<unacked>:taken:<consumer>`` maps the delivery tag
+to the list it came from.
 
 Each worker also runs the reaper (tasks/reaper.py), one at a time across workers (a SET NX lock
 per interval). A consumer whose liveness key is gone on two reaper passes at least ``grace`` apart

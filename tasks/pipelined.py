@@ -11,8 +11,8 @@ connection is dropped, since its reply stream can no longer be trusted).
 The invariant is one request, one reply, in order: a command is packed before a reply slot is
 taken (one that can't be encoded fails only its caller), a transaction is packed whole before any
 of it is queued, and a lost connection fails every waiting caller and is never reused
-(tests/tasks/test_pipelined_faults.py drives it at random). Kept as one module, over 250 lines,
-because every part of it (queueing, writing, reading, failing) upholds that one invariant.
+(tests/tasks/test_pipelined_faults.py drives it at random). The wire format (packing, error
+replies) is tasks/pipelined_codec.py; the address and the connection setup, tasks/pipelined_url.py.
 """
 
 from __future__ import annotations
@@ -25,44 +25,12 @@ from collections.abc import Mapping
 from typing import Any
 
 import hiredis
-from redis.exceptions import (
-    AuthenticationError,
-    BusyLoadingError,
-    DataError,
-    ExecAbortError,
-    MasterDownError,
-    NoPermissionError,
-    NoScriptError,
-    OutOfMemoryError,
-    ReadOnlyError,
-    ResponseError,
-    TryAgainError,
-)
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from tasks.pipelined_codec import EXEC, MULTI, error_of, pack
 from tasks.pipelined_url import address_of
-
-# Redis error prefixes redis-py turns into its own classes; the API tells a store that cannot
-# serve right now (LOADING, READONLY, OOM, ...: 503) from our own bug (WRONGTYPE: 500) by them.
-_ERRORS: dict[str, type[Exception]] = {
-    "NOSCRIPT": NoScriptError,
-    "LOADING": BusyLoadingError,
-    "READONLY": ReadOnlyError,
-    "OOM": OutOfMemoryError,
-    "MASTERDOWN": MasterDownError,
-    "TRYAGAIN": TryAgainError,
-    "EXECABORT": ExecAbortError,
-    "NOPERM": NoPermissionError,
-    "NOAUTH": AuthenticationError,
-    "WRONGPASS": AuthenticationError,
-}
-
-
-def _error_of(reply: ResponseError) -> Exception:
-    text = str(reply)
-    cls = _ERRORS.get(text.partition(" ")[0])
-    return cls(text) if cls is not None else reply
 
 
 class _Protocol(asyncio.Protocol):
@@ -106,7 +74,7 @@ class _Protocol(asyncio.Protocol):
             if future.done():  # its caller gave up (cancelled); the reply is still its own
                 continue
             if isinstance(reply, ResponseError):
-                future.set_exception(_error_of(reply))
+                future.set_exception(error_of(reply))
             else:
                 future.set_result(reply)
 
@@ -170,7 +138,7 @@ class PipelinedRedis:
 
     async def execute(self, *args: Any) -> Any:
         """Send one command; returns its reply or raises redis-py's exception for it."""
-        packed = _pack(args)  # before the connection: a command that can't be sent takes no slot
+        packed = pack(args)  # before the connection: a command that can't be sent takes no slot
         protocol = self._protocol
         if protocol is None or protocol.closed:
             protocol = await self._connect()
@@ -202,7 +170,7 @@ class PipelinedRedis:
         the others; the error is raised all the same so the caller does not carry on unaware.
         """
         # all packed before any is queued: one that can't be encoded leaves no half transaction
-        packed = [_MULTI, *(_pack(command) for command in commands.items), _EXEC]
+        packed = [MULTI, *(pack(command) for command in commands.items), EXEC]
         protocol = self._protocol
         if protocol is None or protocol.closed:
             protocol = await self._connect()
@@ -211,7 +179,7 @@ class PipelinedRedis:
         results: list[Any] = replies[-1] if isinstance(replies[-1], list) else []
         for reply in (*replies, *results):
             if isinstance(reply, BaseException):
-                raise _error_of(reply) if isinstance(reply, ResponseError) else reply
+                raise error_of(reply) if isinstance(reply, ResponseError) else reply
         return results
 
     async def close(self) -> None:
@@ -273,7 +241,7 @@ class PipelinedRedis:
             except (OSError, TimeoutError) as exc:
                 raise RedisConnectionError(f"cannot connect to Redis: {exc}") from exc
             try:
-                replies = self._send(protocol, [_pack(command) for command in self.setup])
+                replies = self._send(protocol, [pack(command) for command in self.setup])
                 await asyncio.wait_for(asyncio.gather(*replies), self.timeout)
             except Exception as exc:  # any failure here leaves the connection unusable
                 failure = RedisConnectionError(f"Redis refused the connection setup: {exc}")
@@ -283,22 +251,3 @@ class PipelinedRedis:
                 raise failure from exc
             self._protocol = protocol
             return protocol
-
-
-def _pack(args: tuple[Any, ...]) -> bytes:
-    """One command in RESP, refused as redis-py refuses it (and with no reply slot taken).
-
-    Like redis-py: an argument of a type Redis has no form for (our bug) is a DataError; text that
-    can't be UTF-8 (a lone surrogate: the data's fault) raises UnicodeEncodeError itself, not a
-    RedisError, so a worker does not hand its message back for a retry that would fail the same way.
-    """
-    try:
-        return hiredis.pack_command(args)  # type: ignore[no-any-return]
-    except UnicodeEncodeError:
-        raise
-    except (TypeError, ValueError) as exc:
-        raise DataError(f"cannot encode a Redis command argument: {exc}") from exc
-
-
-_MULTI = _pack(("MULTI",))
-_EXEC = _pack(("EXEC",))

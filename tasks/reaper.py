@@ -2,7 +2,7 @@
 
 The design is in tasks/liveness.py; this module is the pass itself, run by one worker at a time,
 and the one way a recorded message goes back (``Restorer``), also used by a worker giving back
-what it took but never received (tasks/broker.py).
+what it took but never received (tasks/broker_fetch.py).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Redis ran the fetch script (the message is out of its queue and recorded under the worker's
 consumer) but the connection dropped before the reply reached the worker: what happens when
 Redis stops in that instant. The worker is alive, so the reaper leaves the message alone; the
-worker itself must give it back (tasks/broker.py), and only it: a long task it runs meanwhile
+worker itself must give it back (tasks/broker_fetch.py), and only it: a long task it runs meanwhile
 stays its own. A proxy on loopback in front of a real Redis (AOF on) loses exactly that reply.
 """
 
@@ -20,7 +20,7 @@ from fastapi.testclient import TestClient
 
 from gateway.embedded import EmbeddedRedis
 from gateway.main import create_app
-from tasks.broker import _FETCH
+from tasks.broker_fetch import FETCH_SCRIPT
 from tests.conftest import Processes, make_settings, process_env, wait_for
 from tests.e2e.redis_proxy import Command, LosingProxy
 from tests.e2e.test_crash_recovery import taken_records
@@ -30,7 +30,7 @@ from tests.handlers.llm_stub import LlmStub
 
 pytestmark = pytest.mark.e2e
 
-FETCH_SHA = hashlib.sha1(_FETCH.encode()).hexdigest().encode()
+FETCH_SHA = hashlib.sha1(FETCH_SCRIPT.encode()).hexdigest().encode()
 RECOVERY_DEADLINE = 15
 LONG_S = 12
 # The long task each worker holds meanwhile: an echo on a threads worker; an LLM call on a loop
@@ -56,7 +56,7 @@ def test_a_message_whose_fetch_reply_was_lost_runs_within_seconds_and_once(
         # an idle worker's fetch runs every second with nothing to take: lose one that takes
         # the message
         is_fetch = command[0].upper() == b"EVALSHA" and command[1] == FETCH_SHA
-        is_fetch |= command[0].upper() == b"EVAL" and command[1] == _FETCH.encode()
+        is_fetch |= command[0].upper() == b"EVAL" and command[1] == FETCH_SCRIPT.encode()
         # KEYS start at index 3: the queue's lists first (a worker of two queues fetches each)
         return is_fetch and command[3] == b"default" and r.llen("default") > 0
 

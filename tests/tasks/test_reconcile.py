@@ -1,4 +1,7 @@
-"""A consumer gives back what it took but never received, and nothing it holds (tasks/broker.py)."""
+"""A consumer gives back what it took but never received, and nothing it holds.
+
+tasks/broker_fetch.py, through the channel of tasks/broker.py.
+"""
 
 from __future__ import annotations
 
