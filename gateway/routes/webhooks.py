@@ -13,6 +13,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
+from core.statuses import EventStatus
 from gateway.body import encodable
 from gateway.deps import OwnerDep
 from gateway.errors import ApiError, responses
@@ -112,7 +113,7 @@ async def receive_webhook(inbound: VerifiedWebhook, request: Request) -> JSONRes
         type=event_type,
         content_type=inbound.media,
         body=inbound.body,
-        status="received" if accepted else "ignored",
+        status=EventStatus.RECEIVED if accepted else EventStatus.IGNORED,
         reason=None if accepted else "event type not accepted by this source",
     )
     original = await _events(request).record(event)
