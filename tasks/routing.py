@@ -119,7 +119,7 @@ def plan_event(event: Mapping[str, Any], source: LoadedSource | None) -> Plan:
     try:
         document = event_document(event["body"], event.get("content_type") or "")
     except EventUnreadable as exc:  # the API checked; only a changed record could get here
-        return Plan(EventStatus.FAILED, error=Failure("invalid_json", str(exc)))
+        return Plan(EventStatus.FAILED, error=Failure(exc.code, str(exc)))
     owner = f"webhook:{config.name}"
     routes = []
     for index in indexes:
