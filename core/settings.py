@@ -12,6 +12,8 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from core.validation import messages
+
 # Values shipped in .env.example and docker-compose.yml: fine for a laptop, refused in production.
 PLACEHOLDER_MARKERS = ("change-me", "changeme", "placeholder", "dev-only")
 # base64 of "change-me-dev-signing-secret": signs callbacks in dev; refused in production
@@ -240,8 +242,4 @@ def get_settings() -> Settings:
         return Settings()
     except ValidationError as exc:
         # pydantic's own message echoes input values, secrets included: print only what is wrong
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"
-            for err in exc.errors()
-        )
-        raise SystemExit(f"invalid settings: {problems}") from None
+        raise SystemExit(f"invalid settings: {messages(exc, 'settings')}") from None

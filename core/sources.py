@@ -19,6 +19,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from core.kinds import KINDS
+from core.validation import summary
 from handlers.outbound import OutboundPolicy, UrlRejected, redact_url
 from handlers.outbound.policy import parse_url
 from handlers.signing import standard_webhooks_key
@@ -177,9 +178,7 @@ def _check_template(job: JobRoute, model: type[BaseModel], where: str) -> None:
             e for e in exc.errors() if not job.event_key or e["loc"][:1] != (job.event_key,)
         ]
         if problems:
-            first = problems[0]
-            loc = ".".join(str(p) for p in first["loc"]) or "payload"
-            raise SourcesError(f"{where}: job payload {loc}: {first['msg']}") from None
+            raise SourcesError(f"{where}: job payload {summary(problems, 'payload')}") from None
 
 
 def parse_sources(
@@ -204,10 +203,8 @@ def parse_sources(
         try:
             source = Source.model_validate({"name": name, **table})
         except ValidationError as exc:
-            err = exc.errors()[0]
-            loc = ".".join(str(p) for p in err["loc"]) or "source"
             # only the location and message: pydantic's own text would echo the input
-            raise SourcesError(f"source {name!r}: {loc}: {err['msg']}") from None
+            raise SourcesError(f"source {name!r}: {summary(exc, 'source')}") from None
         _check_shapes(source, policy)
         if not with_secrets:
             loaded[name] = LoadedSource(source)

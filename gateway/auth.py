@@ -14,12 +14,12 @@ def authenticate(authorization: str | None, key_hashes: tuple[str, ...]) -> str:
     """The caller's owner id (a prefix of its key's hash) for a valid Bearer header; else 401."""
     if not authorization:
         raise ApiError(
-            401, "missing_api_key", "send Authorization: Bearer <api key>", headers=_CHALLENGE
+            "missing_api_key", "send Authorization: Bearer <api key>", headers=_CHALLENGE
         )
     scheme, _, key = authorization.partition(" ")
     if scheme.lower() != "bearer" or not key.strip():
         raise ApiError(
-            401, "malformed_api_key", "use Authorization: Bearer <api key>", headers=_CHALLENGE
+            "malformed_api_key", "use Authorization: Bearer <api key>", headers=_CHALLENGE
         )
     presented = hashlib.sha256(key.strip().encode()).hexdigest()
     match = ""
@@ -28,5 +28,5 @@ def authenticate(authorization: str | None, key_hashes: tuple[str, ...]) -> str:
         if hmac.compare_digest(presented, known):
             match = known
     if not match:
-        raise ApiError(401, "invalid_api_key", "the API key is not valid", headers=_CHALLENGE)
+        raise ApiError("invalid_api_key", "the API key is not valid", headers=_CHALLENGE)
     return match[:16]

@@ -16,7 +16,7 @@ def require_json(request: Request) -> None:
     """415 unless the body is declared JSON."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype != "application/json" and not ctype.endswith("+json"):
-        raise ApiError(415, "unsupported_media_type", "send the body as application/json")
+        raise ApiError("unsupported_media_type", "send the body as application/json")
 
 
 async def read_limited(request: Request, limit: int) -> bytes:
@@ -24,7 +24,7 @@ async def read_limited(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.isdigit():
-            raise ApiError(400, "bad_content_length", "Content-Length is not a number")
+            raise ApiError("bad_content_length", "Content-Length is not a number")
         if int(declared) > limit:
             raise _too_large(limit)
     chunks: list[bytes] = []
@@ -50,9 +50,9 @@ def parse_object(raw: bytes) -> dict[str, Any]:
     try:
         value = _DECODER.decode(raw.decode())
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
-        raise ApiError(400, "invalid_json", f"the body is not valid JSON: {exc}") from exc
+        raise ApiError("invalid_json", f"the body is not valid JSON: {exc}") from exc
     if not isinstance(value, dict):
-        raise ApiError(400, "invalid_json", "the body must be a JSON object")
+        raise ApiError("invalid_json", "the body must be a JSON object")
     return value
 
 
@@ -65,7 +65,7 @@ def check_strict_json(raw: bytes | str) -> None:
     try:
         value = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise ApiError(400, "invalid_json", f"the body is not valid JSON: {exc}") from exc
+        raise ApiError("invalid_json", f"the body is not valid JSON: {exc}") from exc
     level = [value]
     for _ in range(MAX_JSON_DEPTH):
         level = [
@@ -77,7 +77,7 @@ def check_strict_json(raw: bytes | str) -> None:
         if not level:
             return
     if any(isinstance(node, dict | list) for node in level):
-        raise ApiError(400, "invalid_json", f"the body is nested deeper than {MAX_JSON_DEPTH}")
+        raise ApiError("invalid_json", f"the body is nested deeper than {MAX_JSON_DEPTH}")
 
 
 def encodable(text: str) -> bool:
@@ -100,4 +100,4 @@ _DECODER = json.JSONDecoder(parse_constant=_no_constant)
 
 
 def _too_large(limit: int) -> ApiError:
-    return ApiError(413, "payload_too_large", f"the body exceeds {limit} bytes")
+    return ApiError("payload_too_large", f"the body exceeds {limit} bytes")

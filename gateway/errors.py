@@ -1,33 +1,72 @@
-"""One JSON shape for every error: {"code": machine code, "detail": human text[, "errors"]}."""
+"""Every error the API answers with: one JSON shape, one exception root, one table of codes.
+
+The shape: ``{"code": machine code, "detail": human text[, "errors": [{loc, msg, type}, ...]]}``.
+
+Exceptions (routes and dependencies raise them; the handlers installed here answer)::
+
+    ApiError(code, detail)      the one root: its status is CODES' line for the code
+    └── SignatureError          a webhook failed verification (gateway/webhooks/signatures.py)
+
+A raise site names only the code; the status comes from the table below, so a code means one
+status everywhere by construction (a class per status would let a code drift between two).
+Errors of the layers below know nothing of HTTP but carry a code of this table, and the route
+that catches one raises ``ApiError(exc.code, ...)``: ``UrlRejected`` (handlers/outbound), and
+``EventUnreadable`` (handlers/webhooks). A bad webhook sources file (core/sources.py
+``SourcesError``) is not an answer at all: it stops the process at start-up.
+
+Answered here without an ApiError: FastAPI's request validation (422 ``validation_error``),
+Starlette's HTTP errors (the status's first, generic code), Redis trouble (503
+``redis_unavailable``) and anything unexpected (500 ``internal_error``). An oversized request
+head gets 431 ``headers_too_large`` from the protocol, before any of this (gateway/http_limits.py).
+"""
 
 from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Iterable, Mapping
+from typing import Any, Final
 
 import redis.exceptions
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
+from core.validation import describe
+
 log = logging.getLogger(__name__)
 
-_HTTP_CODES = {
-    400: "bad_request",
-    401: "unauthorized",
-    404: "not_found",
-    405: "method_not_allowed",
-    409: "conflict",
-    413: "payload_too_large",
-    415: "unsupported_media_type",
-    422: "validation_error",
-    429: "rate_limited",
-    503: "unavailable",
+# Every code the API answers with, by status; each status's first code is its generic one (what
+# a bare HTTP error of that status is called).
+# fmt: off
+CODES: Final[Mapping[int, tuple[str, ...]]] = {
+    400: ("bad_request", "invalid_json", "bad_content_length", "invalid_multipart",
+          "invalid_idempotency_key",
+          # a callback URL the outbound guard refuses (handlers/outbound UrlRejected)
+          "url_rejected", "url_invalid", "url_scheme_not_allowed", "url_blocked_address",
+          "url_unresolvable"),
+    401: ("unauthorized", "missing_api_key", "malformed_api_key", "invalid_api_key",
+          # a webhook's signature (gateway/webhooks/signatures.py SignatureError)
+          "webhook_missing_header", "webhook_malformed_header",
+          "webhook_timestamp_out_of_tolerance", "webhook_bad_signature"),
+    404: ("not_found", "unknown_kind", "job_not_found", "unknown_source", "event_not_found",
+          "file_not_found", "dead_letter_not_found"),
+    405: ("method_not_allowed",),
+    409: ("conflict", "idempotency_key_reused"),
+    413: ("payload_too_large",),
+    415: ("unsupported_media_type",),
+    422: ("validation_error", "missing_event_type"),
+    429: ("rate_limited",),
+    431: ("headers_too_large",),
+    500: ("internal_error",),
+    503: ("unavailable", "redis_unavailable"),
+}
+# fmt: on
+STATUS: Final[Mapping[str, int]] = {
+    code: status for status, codes in CODES.items() for code in codes
 }
 
 
@@ -40,11 +79,10 @@ class ErrorBody(BaseModel):
 
 
 class ApiError(Exception):
-    """An error the API answers with; raise it from routes and dependencies."""
+    """An error the API answers with, in the status CODES gives its code; raise it from routes."""
 
     def __init__(
         self,
-        status: int,
         code: str,
         detail: str,
         *,
@@ -52,11 +90,25 @@ class ApiError(Exception):
         errors: list[dict[str, Any]] | None = None,
     ) -> None:
         super().__init__(detail)
-        self.status, self.code, self.detail = status, code, detail
+        self.status = STATUS[code]  # a code missing from CODES is our bug: a 500 says so
+        self.code, self.detail = code, detail
         self.headers, self.errors = headers, errors
 
 
-def error_response(
+def invalid_input(
+    errors: ValidationError | Iterable[Mapping[str, Any]], default: str = "body"
+) -> ApiError:
+    """The 422 for pydantic's errors: the first as "loc: msg", all of them under ``errors``."""
+    summary, trimmed = describe(errors, default)
+    return ApiError("validation_error", summary, errors=trimmed)
+
+
+def error_response(exc: ApiError) -> JSONResponse:
+    """The one error shape for ``exc``, in its status."""
+    return _answer(exc.status, exc.code, exc.detail, headers=exc.headers, errors=exc.errors)
+
+
+def _answer(
     status: int,
     code: str,
     detail: str,
@@ -64,7 +116,6 @@ def error_response(
     headers: Mapping[str, str] | None = None,
     errors: list[dict[str, Any]] | None = None,
 ) -> JSONResponse:
-    """Build the one error shape."""
     body = ErrorBody(code=code, detail=detail, errors=errors).model_dump(exclude_none=True)
     return JSONResponse(body, status_code=status, headers=headers)
 
@@ -74,30 +125,19 @@ def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {status: {"model": ErrorBody} for status in statuses}
 
 
-def validation_errors(errors: list[Any]) -> list[dict[str, Any]]:
-    """Pydantic's errors, trimmed to what a caller needs: where, what, and the kind of failure."""
-    return [
-        {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
-        for e in errors
-    ]
-
-
 async def _api_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ApiError)
-    return error_response(exc.status, exc.code, exc.detail, headers=exc.headers, errors=exc.errors)
+    return error_response(exc)
 
 
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    errors = validation_errors(list(exc.errors()))
-    first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
-    where = ".".join(str(part) for part in first["loc"])
-    return error_response(422, "validation_error", f"{where}: {first['msg']}", errors=errors)
+    return error_response(invalid_input(exc.errors()))
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
-    code = _HTTP_CODES.get(exc.status_code, "error")
+    code = CODES[exc.status_code][0] if exc.status_code in CODES else "error"
     if exc.status_code == 400 and exc.detail == "There was an error parsing the body":
         code = "invalid_json"  # FastAPI's words for a body model's JSON it could not decode
     headers = exc.headers
@@ -105,7 +145,7 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
         # Starlette names the methods of the first route whose path matched; several routes
         # share a path shape (POST /v1/jobs/{kind}, GET /v1/jobs/{job_id}): name all of theirs
         headers = {**(headers or {}), "Allow": ", ".join(_allowed_methods(request))}
-    return error_response(exc.status_code, code, str(exc.detail), headers=headers)
+    return _answer(exc.status_code, code, str(exc.detail), headers=headers)
 
 
 def _allowed_methods(request: Request) -> list[str]:
@@ -155,17 +195,13 @@ async def _redis_reply(request: Request, exc: Exception) -> JSONResponse:
 
 async def _redis_down(_: Request, exc: Exception) -> JSONResponse:
     log.warning("redis unavailable: %s: %.100s", type(exc).__name__, exc)
-    return error_response(
-        503,
-        "redis_unavailable",
-        "the job store is unreachable; try again shortly",
-        headers={"Retry-After": "1"},
-    )
+    detail = "the job store is unreachable; try again shortly"
+    return error_response(ApiError("redis_unavailable", detail, headers={"Retry-After": "1"}))
 
 
 async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error", exc_info=exc)
-    return error_response(500, "internal_error", "the gateway failed to handle this request")
+    return error_response(ApiError("internal_error", "the gateway failed to handle this request"))
 
 
 def _document_error_shape(app: FastAPI) -> None:

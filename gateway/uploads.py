@@ -29,17 +29,17 @@ def multipart_boundary(request: Request) -> bytes:
     ctype, options = parse_options_header(request.headers.get("content-type", ""))
     if ctype != b"multipart/form-data":
         raise ApiError(
-            415, "unsupported_media_type", "send the file as multipart/form-data (field 'file')"
+            "unsupported_media_type", "send the file as multipart/form-data (field 'file')"
         )
     boundary = options.get(b"boundary", b"")
     if not boundary:
-        raise ApiError(400, "invalid_multipart", "the multipart Content-Type has no boundary")
+        raise ApiError("invalid_multipart", "the multipart Content-Type has no boundary")
     return boundary
 
 
 def too_large(limit: int) -> ApiError:
     """The 413 for an upload over ``limit`` bytes."""
-    return ApiError(413, "payload_too_large", f"the file exceeds {limit} bytes")
+    return ApiError("payload_too_large", f"the file exceeds {limit} bytes")
 
 
 def check_declared_length(request: Request, limit: int) -> None:
@@ -48,7 +48,7 @@ def check_declared_length(request: Request, limit: int) -> None:
     if declared is None:
         return
     if not declared.isdigit():
-        raise ApiError(400, "bad_content_length", "Content-Length is not a number")
+        raise ApiError("bad_content_length", "Content-Length is not a number")
     if int(declared) > limit + MULTIPART_OVERHEAD:
         raise too_large(limit)
 
@@ -85,7 +85,7 @@ class _Parser:
         try:
             self._parser.write(chunk)
         except MultipartParseError as exc:
-            raise ApiError(400, "invalid_multipart", f"malformed multipart body: {exc}") from None
+            raise ApiError("invalid_multipart", f"malformed multipart body: {exc}") from None
 
     def _header_end(self) -> None:
         self._headers[bytes(self._field).strip().lower()] = bytes(self._value).strip()
@@ -141,7 +141,6 @@ class FileUpload:
         while self._parser.filename is None:
             if not await self._feed():
                 raise ApiError(
-                    422,
                     "validation_error",
                     f"{FILE_FIELD}: a file part is required",
                     errors=[_MISSING_FILE],
@@ -157,7 +156,7 @@ class FileUpload:
             if parser.file_done:
                 break
             if not await self._feed():
-                raise ApiError(400, "invalid_multipart", "the body ended inside the file part")
+                raise ApiError("invalid_multipart", "the body ended inside the file part")
         # Reading to the end answers a client that is still sending, and checks the total size.
         while await self._feed():
             parser.pending.clear()

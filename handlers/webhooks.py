@@ -18,6 +18,8 @@ FORM = "application/x-www-form-urlencoded"
 class EventUnreadable(ValueError):
     """An authentic body we cannot read as an event (not JSON, or a form without ``payload``)."""
 
+    code = "invalid_json"  # the machine code the API answers with and a failed event records
+
 
 def media_type(content_type: str | None) -> str:
     """The bare media type of a Content-Type header, lower-cased (``''`` when absent)."""

@@ -1,9 +1,8 @@
 """The callbacks queue: one signed attempt per message, then delivered, retried or dead-lettered.
 
-pending ──> delivering ──> delivered
-                ├──> retrying   (failure, attempts left: waits in the schedule)
-                ├──> failed     (410 Gone, or an address the guard refuses: never retried)
-                └──> dead       (failure, no attempts left)
+The delivery status machine is drawn in core/statuses.py: an attempt ends delivered, waits
+retrying (a failure with attempts left), or ends failed (410 Gone, or an address the guard
+refuses: never retried) or dead (a failure, no attempts left).
 """
 
 from __future__ import annotations
@@ -13,6 +12,7 @@ from datetime import UTC, datetime
 
 from core.retry import policy_for
 from core.settings import get_settings
+from core.statuses import DELIVERY_DEAD_LETTER, DeliveryStatus
 from handlers.delivery import deliver
 from handlers.signing import standard_webhooks_key
 from tasks import loop
@@ -29,6 +29,13 @@ from tasks.protocol import task_message
 from tasks.queues import CALLBACKS
 from tasks.runtime import fast_redis, keys, requeued_if_redis_fails
 from tasks.store import encode, now_iso
+
+# What an attempt's verdict makes of a delivery with no retry ahead of it.
+_AFTER_LAST = {
+    "delivered": DeliveryStatus.DELIVERED,
+    "stop": DeliveryStatus.FAILED,
+    "retry": DeliveryStatus.DEAD,
+}
 
 
 def signing_keys() -> list[bytes]:
@@ -51,9 +58,9 @@ def run_delivery(delivery_id: str) -> str | None:
     outcome = loop.run(deliver(client, record["url"], delivery_id, body, signing_keys()))
     policy = policy_for("callbacks", CALLBACK_POLICY)
     if outcome.verdict == "retry" and number < int(record["max_attempts"]):
-        status = "retrying"
+        status = DeliveryStatus.RETRYING
     else:
-        status = {"delivered": "delivered", "stop": "failed", "retry": "dead"}[outcome.verdict]
+        status = _AFTER_LAST[outcome.verdict]
     key = k.delivery(delivery_id)
     fields: dict[str, object] = {"status": status, "last_error": outcome.error}
     writes = Commands()
@@ -61,7 +68,7 @@ def run_delivery(delivery_id: str) -> str | None:
         k.delivery_attempts(delivery_id),
         attempt_record(number, outcome.status_code, outcome.latency_ms, outcome.error),
     )
-    if status == "retrying":
+    if status == DeliveryStatus.RETRYING:
         due = time.time() + policy.delay(number, outcome.retry_after)
         fields["next_attempt_at"] = datetime.fromtimestamp(due, UTC).isoformat()
         message = task_message(DELIVER_TASK, delivery_id, CALLBACKS, [delivery_id])
@@ -71,7 +78,7 @@ def run_delivery(delivery_id: str) -> str | None:
         fields["next_attempt_at"] = None
     writes.hset(key, mapping=encode(fields))
     ttl = get_settings().job_ttl_seconds
-    if status in ("failed", "dead"):
+    if status in DELIVERY_DEAD_LETTER:
         writes.persist(key)
         writes.persist(k.delivery_attempts(delivery_id))
         writes.zadd(k.dead_letters, {f"delivery:{delivery_id}": time.time()})

@@ -14,24 +14,27 @@ from redis.asyncio import Redis
 
 from core.kinds import KINDS
 from core.retry import policy_for
+from core.statuses import DeliveryStatus, JobStatus
+from tasks.claims import lua_string
 from tasks.deliveries import CALLBACK_POLICY, DELIVER_TASK
 from tasks.keys import Keys
 from tasks.protocol import job_message, task_message
 from tasks.queues import CALLBACKS, queue_for
 from tasks.store import decode, now_iso
 
-_REPLAY = """
+_REPLAY = f"""
 -- KEYS: dead-letter zset, record hash, queue
 -- ARGV: member, message, ttl, now, kind of record, attempts budget
 -- Attempts keep counting (they are a true count of executions); the budget starts afresh.
 if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
 local cap = tonumber(redis.call('HGET', KEYS[2], 'attempts') or '0') + tonumber(ARGV[6])
 if ARGV[5] == 'job' then
-  redis.call('HSET', KEYS[2], 'status', 'queued', 'max_attempts', cap, 'error', '', 'result', '',
-             'started_at', '', 'finished_at', '', 'progress', 0, 'replayed_at', ARGV[4])
+  redis.call('HSET', KEYS[2], 'status', {lua_string(JobStatus.QUEUED)}, 'max_attempts', cap,
+             'error', '', 'result', '', 'started_at', '', 'finished_at', '', 'progress', 0,
+             'replayed_at', ARGV[4])
 else
-  redis.call('HSET', KEYS[2], 'status', 'pending', 'max_attempts', cap, 'finished_at', '',
-             'last_error', '', 'replayed_at', ARGV[4])
+  redis.call('HSET', KEYS[2], 'status', {lua_string(DeliveryStatus.PENDING)}, 'max_attempts', cap,
+             'finished_at', '', 'last_error', '', 'replayed_at', ARGV[4])
 end
 redis.call('EXPIRE', KEYS[2], ARGV[3])
 redis.call('LPUSH', KEYS[3], ARGV[2])

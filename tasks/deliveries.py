@@ -7,7 +7,6 @@ caller's Redis transaction, so a final job and its callback are written together
 
 from __future__ import annotations
 
-import hashlib
 import json
 import uuid
 from typing import Any
@@ -15,6 +14,9 @@ from typing import Any
 from redis.client import Pipeline
 
 from core.retry import RetryPolicy
+from core.statuses import DeliveryStatus, JobStatus
+from tasks.claims import DELIVERY_CLAIM
+from tasks.claims import claim as claim_record
 from tasks.keys import Keys
 from tasks.pipelined import Commands, PipelinedRedis
 from tasks.protocol import dumps, task_message
@@ -31,17 +33,6 @@ CALLBACK_POLICY = RetryPolicy(
     max_seconds=36000,
     jitter=0.2,
 )
-FINAL = frozenset({"delivered", "failed", "dead"})
-
-_CLAIM = """
-local status = redis.call('HGET', KEYS[1], 'status')
-if not status or status == 'delivered' or status == 'failed' or status == 'dead' then
-  return false
-end
-redis.call('HINCRBY', KEYS[1], 'attempts', 1)
-redis.call('HSET', KEYS[1], 'status', 'delivering')
-return redis.call('HGETALL', KEYS[1])
-"""
 
 
 def new_delivery_id() -> str:
@@ -57,11 +48,11 @@ def job_event(job: dict[str, Any], status: str, result: Any, error: Any) -> dict
         "status": status,
         "attempts": int(job["attempts"]),
     }
-    if status == "succeeded":
+    if status == JobStatus.SUCCEEDED:
         data["result"] = result
     else:
         data["error"] = error
-    kind = "job.succeeded" if status == "succeeded" else "job.failed"
+    kind = "job.succeeded" if status == JobStatus.SUCCEEDED else "job.failed"
     return {"type": kind, "timestamp": now_iso(), "data": data}
 
 
@@ -86,7 +77,7 @@ def add_delivery(
         "body": dumps(body),
         "parent": parent,
         "owner": owner,
-        "status": "pending",
+        "status": DeliveryStatus.PENDING,
         "attempts": 0,
         "max_attempts": max_attempts,
         "created_at": now_iso(),
@@ -101,15 +92,10 @@ def add_delivery(
     return delivery_id
 
 
-_CLAIM_SHA = hashlib.sha1(_CLAIM.encode()).hexdigest()  # noqa: S324 (Redis's script id)
-
-
 async def claim(redis: PipelinedRedis, keys: Keys, delivery_id: str) -> dict[str, Any] | None:
     """Mark an attempt as started; None when the delivery is unknown or already final."""
-    raw = await redis.eval_script(_CLAIM, _CLAIM_SHA, [keys.delivery(delivery_id)], [])
-    if not raw:
-        return None
-    return decode(dict(zip(raw[::2], raw[1::2], strict=True)))
+    fields = await claim_record(redis, DELIVERY_CLAIM, keys.delivery(delivery_id))
+    return None if fields is None else decode(fields)
 
 
 def attempt_record(

@@ -1,15 +1,11 @@
 """Inbound webhook events in Redis: the atomic record-and-enqueue the 202 waits for, and reading.
 
-received ──> processing ──> routed   (every matched route made its deliveries / job)
-   │  ^           ├──> ignored  (no route matches the type)
-   │  └─(retry)───┤
-   │              └──> failed   (a route could not be carried out, or processing kept failing)
-   └──> ignored  (at once, without processing: a type the source does not accept)
-
-An event is one Redis hash (keys.Keys.event) holding the raw body exactly as received, at most
-MAX_WEBHOOK_BODY_BYTES, kept for JOB_TTL_SECONDS like the deliveries it makes. The sender's
-delivery id is claimed in the same Lua script that writes the record and LPUSHes the
-``webhooks.process`` message: one round trip, so concurrent duplicates cannot both get in.
+An event is recorded ``received`` (or at once ``ignored``: a type the source does not accept) and
+moves along the status machine drawn in core/statuses.py. It is one Redis hash (keys.Keys.event)
+holding the raw body exactly as received, at most MAX_WEBHOOK_BODY_BYTES, kept for
+JOB_TTL_SECONDS like the deliveries it makes. The sender's delivery id is claimed in the same Lua
+script that writes the record and LPUSHes the ``webhooks.process`` message: one round trip, so
+concurrent duplicates cannot both get in.
 """
 
 from __future__ import annotations
@@ -18,10 +14,11 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from redis.asyncio import Redis
 
+from core.statuses import EventStatus
 from tasks.deliveries import list_for
 from tasks.keys import Keys
 from tasks.pipelined import PipelinedRedis
@@ -30,7 +27,6 @@ from tasks.queues import WEBHOOKS
 from tasks.store import now_iso
 
 PROCESS_TASK = "webhooks.process"
-FINAL = frozenset({"routed", "ignored", "failed"})
 JSON_FIELDS = ("routes", "jobs", "error")
 _MAX_ID = 128  # longer sender ids are hashed: they become part of a Redis key
 
@@ -69,7 +65,7 @@ class NewEvent:
     type: str
     content_type: str
     body: bytes
-    status: Literal["received", "ignored"] = "received"
+    status: EventStatus = EventStatus.RECEIVED  # or IGNORED: recorded, never processed
     reason: str | None = None
 
 
@@ -102,7 +98,7 @@ class EventStore:
             "reason", event.reason or "",
             "attempts", 0,
         ]  # fmt: skip
-        message = process_message(event.id) if event.status == "received" else ""
+        message = process_message(event.id) if event.status == EventStatus.RECEIVED else ""
         dedup_key = self.keys.webhook_seen(event.source, dedup_id(event.delivery_id, event.body))
         seen = await self.fast.eval_script(
             _RECORD,

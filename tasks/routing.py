@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from core.sources import LoadedSource
+from core.statuses import EventStatus
 from handlers.webhooks import EventUnreadable, event_document, job_payload, matching_routes
 
 
@@ -61,7 +62,7 @@ class Plan:
     ``body`` is what every forward delivers; ``parent`` and ``owner`` go on each delivery.
     """
 
-    status: str
+    status: EventStatus
     reason: str | None = None
     error: Failure | None = None
     routes: tuple[RoutePlan, ...] = ()
@@ -95,7 +96,7 @@ class RouteResult:
 class Outcome:
     """The event's final status once the plan's jobs were submitted, and its routes' results."""
 
-    status: str
+    status: EventStatus
     routes: list[RouteResult]
     error: Failure | None
 
@@ -109,15 +110,16 @@ def delivery_id(event_id: str, route: int, url: str) -> str:
 def plan_event(event: Mapping[str, Any], source: LoadedSource | None) -> Plan:
     """What to do with the recorded ``event`` from ``source`` (None: no longer configured)."""
     if source is None:
-        return Plan("failed", error=Failure("unknown_source", "source no longer configured"))
+        failure = Failure("unknown_source", "source no longer configured")
+        return Plan(EventStatus.FAILED, error=failure)
     config = source.config
     indexes = matching_routes(event["type"] or "", [route.events for route in config.routes])
     if not indexes:
-        return Plan("ignored", reason="no route matches this event type")
+        return Plan(EventStatus.IGNORED, reason="no route matches this event type")
     try:
         document = event_document(event["body"], event.get("content_type") or "")
     except EventUnreadable as exc:  # the API checked; only a changed record could get here
-        return Plan("failed", error=Failure("invalid_json", str(exc)))
+        return Plan(EventStatus.FAILED, error=Failure(exc.code, str(exc)))
     owner = f"webhook:{config.name}"
     routes = []
     for index in indexes:
@@ -140,9 +142,8 @@ def plan_event(event: Mapping[str, Any], source: LoadedSource | None) -> Plan:
         "event_id": event["id"],
         "data": document,
     }
-    return Plan(
-        "routed", routes=tuple(routes), body=body, parent=f"event:{event['id']}", owner=owner
-    )
+    parent = f"event:{event['id']}"
+    return Plan(EventStatus.ROUTED, routes=tuple(routes), body=body, parent=parent, owner=owner)
 
 
 def outcome(plan: Plan, jobs: Sequence[str | Failure]) -> Outcome:
@@ -162,5 +163,6 @@ def outcome(plan: Plan, jobs: Sequence[str | Failure]) -> Outcome:
         )
     failed = sum(result.error is not None for result in results)
     if failed:
-        return Outcome("failed", results, Failure("route_failed", f"{failed} route(s) failed"))
-    return Outcome("routed", results, None)
+        failure = Failure("route_failed", f"{failed} route(s) failed")
+        return Outcome(EventStatus.FAILED, results, failure)
+    return Outcome(EventStatus.ROUTED, results, None)

@@ -1,14 +1,12 @@
 """Running one job on a worker: claim it, call its handler, and move it along the status machine.
 
-queued/retrying ──> running ──> succeeded
-                      ├──> retrying  (TransientError, attempts left: waits in the schedule)
-                      ├──> failed    (PermanentError, invalid payload, or a bug: not retried)
-                      └──> dead      (TransientError, no attempts left)
+The machine is drawn in core/statuses.py: from running, a job ends succeeded, waits retrying
+(TransientError with attempts left), or ends failed (PermanentError, an invalid payload, a bug in
+the handler) or dead (TransientError, no attempts left).
 """
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import logging
 import os
@@ -25,8 +23,11 @@ from pydantic import BaseModel, ValidationError
 from core.kinds import KINDS, Kind
 from core.retry import policy_for
 from core.settings import get_settings
+from core.statuses import JOB_DEAD_LETTER, JobStatus
+from core.validation import error_record, summary
 from handlers.errors import PermanentError, TransientError
 from tasks import loop
+from tasks.claims import JOB_CLAIM, claim
 from tasks.context import JobContext
 from tasks.deliveries import CALLBACK_POLICY, add_delivery, job_event
 from tasks.keys import Keys
@@ -40,16 +41,6 @@ log = logging.getLogger(__name__)
 
 # More than any worker's thread count (tasks/queues.py WORKER_PROFILES).
 WORKER_REDIS_CONNECTIONS = 1100
-
-_START = """
-local status = redis.call('HGET', KEYS[1], 'status')
-if not status then return false end
-if status == 'succeeded' or status == 'failed' or status == 'dead' then return false end
-redis.call('HINCRBY', KEYS[1], 'attempts', 1)
-redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[1], 'error', '')
-redis.call('EXPIRE', KEYS[1], ARGV[2])
-return redis.call('HGETALL', KEYS[1])
-"""
 
 
 @lru_cache
@@ -71,8 +62,6 @@ def worker_redis() -> redis.Redis:
     )
     return redis.Redis(connection_pool=pool)
 
-
-_START_SHA = hashlib.sha1(_START.encode()).hexdigest()  # noqa: S324 (Redis's script id)
 
 _fast: tuple[int, PipelinedRedis] | None = None
 
@@ -116,36 +105,36 @@ def requeued_if_redis_fails() -> Iterator[None]:
 
 def run_job(job_id: str) -> str | None:
     """Run job ``job_id`` once; returns the status it ended in (None if it was not runnable)."""
-    raw = loop.run(
-        fast_redis().eval_script(
-            _START, _START_SHA, [keys().job(job_id)], [now_iso(), get_settings().job_ttl_seconds]
-        )
-    )
-    if not raw:
+    ttl = get_settings().job_ttl_seconds
+    fields = loop.run(claim(fast_redis(), JOB_CLAIM, keys().job(job_id), now_iso(), ttl))
+    if fields is None:
         log.info("job %s is unknown or already final; message dropped", job_id)
         return None
-    job = decode(dict(zip(raw[::2], raw[1::2], strict=True)))
+    job = decode(fields)
     kind = KINDS.get(job["kind"])
     if kind is None:
-        return _finish(job, "failed", error=_error("unknown_kind", f"no kind {job['kind']!r}"))
+        error = error_record("unknown_kind", f"no kind {job['kind']!r}")
+        return _finish(job, JobStatus.FAILED, error=error)
     attempt = int(job["attempts"])
     ctx = JobContext(job_id, attempt, lambda pct: _progress(job_id, pct))
     try:
         result = _call(kind, job["payload"], ctx)
     except TransientError as exc:
-        error = _error(exc.code, exc.detail)
+        error = error_record(exc.code, exc.detail)
         if attempt >= int(job["max_attempts"]):
-            return _finish(job, "dead", error=error)
+            return _finish(job, JobStatus.DEAD, error=error)
         delay = policy_for(kind.name, kind.retry).delay(attempt, exc.retry_after)
         return _retry(job, kind, delay, error)
     except PermanentError as exc:
-        return _finish(job, "failed", error=_error(exc.code, exc.detail))
-    except ValidationError as exc:
-        return _finish(job, "failed", error=_error("invalid_payload", str(exc)))
+        return _finish(job, JobStatus.FAILED, error=error_record(exc.code, exc.detail))
+    except ValidationError as exc:  # where and what only: pydantic's text echoes the payload
+        error = error_record("invalid_payload", summary(exc, "payload"))
+        return _finish(job, JobStatus.FAILED, error=error)
     except Exception as exc:  # a bug in a handler: retrying it would fail the same way
         log.exception("job %s (%s) raised", job_id, job["kind"])
-        return _finish(job, "failed", error=_error("internal_error", type(exc).__name__))
-    return _finish(job, "succeeded", result=result)
+        error = error_record("internal_error", type(exc).__name__)
+        return _finish(job, JobStatus.FAILED, error=error)
+    return _finish(job, JobStatus.SUCCEEDED, result=result)
 
 
 def _call(kind: Kind, payload: Any, ctx: JobContext) -> Any:
@@ -153,10 +142,6 @@ def _call(kind: Kind, payload: Any, ctx: JobContext) -> Any:
     if inspect.iscoroutine(out):
         out = loop.run(out)
     return out.model_dump(mode="json") if isinstance(out, BaseModel) else out
-
-
-def _error(code: str, detail: str) -> dict[str, str]:
-    return {"code": code, "detail": detail[:2000]}
 
 
 def _progress(job_id: str, pct: int) -> None:
@@ -168,7 +153,8 @@ def _retry(job: dict[str, Any], kind: Kind, delay: float, error: dict[str, str])
     queue = queue_for(kind.task)
     message = job_message(kind.task, job["id"], queue, retries=job["attempts"])
     writes = Commands()
-    writes.hset(keys().job(job["id"]), mapping=encode({"status": "retrying", "error": error}))
+    fields = {"status": JobStatus.RETRYING, "error": error}
+    writes.hset(keys().job(job["id"]), mapping=encode(fields))
     writes.zadd(keys().schedule, {f"{queue}\n{message}": due})
     loop.run(fast_redis().transaction(writes))
     log.info(
@@ -178,14 +164,18 @@ def _retry(job: dict[str, Any], kind: Kind, delay: float, error: dict[str, str])
         error["code"],
         delay,
     )
-    return "retrying"
+    return JobStatus.RETRYING
 
 
 def _finish(
-    job: dict[str, Any], status: str, *, result: Any = None, error: dict[str, str] | None = None
+    job: dict[str, Any],
+    status: JobStatus,
+    *,
+    result: Any = None,
+    error: dict[str, str] | None = None,
 ) -> str:
     fields = {"status": status, "finished_at": now_iso(), "result": result, "error": error}
-    if status == "succeeded":
+    if status == JobStatus.SUCCEEDED:
         fields["progress"] = 100
     key = keys().job(job["id"])
     writes = Commands()
@@ -202,11 +192,11 @@ def _finish(
             max_attempts=policy_for("callbacks", CALLBACK_POLICY).max_attempts,
             ttl=get_settings().job_ttl_seconds,
         )
-    if status == "succeeded":
-        writes.expire(key, get_settings().job_ttl_seconds)
-    else:
+    if status in JOB_DEAD_LETTER:
         # dead letters keep their job record until replayed or purged
         writes.persist(key)
         writes.zadd(keys().dead_letters, {f"job:{job['id']}": time.time()})
+    else:
+        writes.expire(key, get_settings().job_ttl_seconds)
     loop.run(fast_redis().transaction(writes))
     return status

@@ -13,16 +13,15 @@ import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from redis.asyncio import Redis
 
+from core.statuses import JobStatus
 from tasks.keys import Keys
 from tasks.pipelined import PipelinedRedis
 from tasks.protocol import dumps
 
-Status = Literal["scheduled", "queued", "running", "retrying", "succeeded", "failed", "dead"]
-FINAL_STATUSES = frozenset({"succeeded", "failed", "dead"})
 JSON_FIELDS = ("payload", "result", "error")
 
 _CREATE = """
@@ -138,7 +137,7 @@ def create_call(
             "id": job.id,
             "kind": job.kind,
             "owner": job.owner,
-            "status": "scheduled" if job.due else "queued",
+            "status": JobStatus.SCHEDULED if job.due else JobStatus.QUEUED,
             "attempts": 0,
             "max_attempts": job.max_attempts,
             "created_at": now_iso(),

@@ -23,9 +23,12 @@ from core.configs import outbound_policy
 from core.retry import default_policy, policy_for
 from core.settings import get_settings
 from core.sources import LoadedSource, load_sources
+from core.statuses import EVENT_FINAL, EventStatus
+from core.validation import error_record, summary
 from tasks.app import app
+from tasks.claims import EVENT_CLAIM, claim_sync
 from tasks.deliveries import CALLBACK_POLICY, add_delivery
-from tasks.events import FINAL, PROCESS_TASK, decode, process_message
+from tasks.events import PROCESS_TASK, decode, process_message
 from tasks.protocol import dumps
 from tasks.queues import WEBHOOKS
 from tasks.routing import Failure, JobRequest, Plan, RouteResult, outcome, plan_event
@@ -36,17 +39,6 @@ from tasks.submit import submit_job
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 5  # processing itself (Redis hiccups); what it starts has its own retry policies
-
-_CLAIM = """
-local status = redis.call('HGET', KEYS[1], 'status')
-if not status or status == 'routed' or status == 'ignored' or status == 'failed' then
-  return false
-end
-redis.call('HINCRBY', KEYS[1], 'attempts', 1)
-redis.call('HSET', KEYS[1], 'status', 'processing', 'started_at', ARGV[1])
-redis.call('EXPIRE', KEYS[1], ARGV[2])
-return redis.call('HGETALL', KEYS[1])
-"""
 
 
 @lru_cache
@@ -62,11 +54,11 @@ def process_event(event_id: str) -> str | None:
     """Route event ``event_id`` once; returns the status it ended in (None if not processable)."""
     r, k = worker_redis(), keys()
     ttl = get_settings().job_ttl_seconds
-    raw = r.eval(_CLAIM, 1, k.event(event_id), now_iso(), ttl)
-    if not raw:
+    fields = claim_sync(r, EVENT_CLAIM, k.event(event_id), now_iso(), ttl)
+    if fields is None:
         log.info("event %s is unknown or already final; message dropped", event_id)
         return None
-    event = decode(dict(zip(raw[::2], raw[1::2], strict=True)))
+    event = decode(fields)
     try:
         return _route(event)
     except Exception as exc:  # Redis trouble, or a bug: try again later, then give up visibly
@@ -76,7 +68,7 @@ def process_event(event_id: str) -> str | None:
 
 def _route(event: dict[str, Any]) -> str:
     plan = plan_event(event, sources().get(event["source"]))
-    if plan.status != "routed":
+    if plan.status != EventStatus.ROUTED:
         return _finish(event, plan.status, reason=plan.reason, error=_failure(plan.error))
     result = outcome(plan, [_submit(job) for job in plan.jobs])
     routes = [_record(route) for route in result.routes]
@@ -93,8 +85,10 @@ def _submit(job: JobRequest) -> str | Failure:
             callback_url=job.callback_url,
             idempotency_key=job.idempotency_key,
         )
-    except (KeyError, ValidationError) as exc:
-        return Failure("job_refused", _short(exc))
+    except ValidationError as exc:
+        return Failure("job_refused", summary(exc, "payload"))
+    except KeyError as exc:
+        return Failure("job_refused", str(exc))
 
 
 def _record(result: RouteResult) -> dict[str, Any]:
@@ -110,12 +104,12 @@ def _record(result: RouteResult) -> dict[str, Any]:
 
 
 def _failure(failure: Failure | None) -> dict[str, str] | None:
-    return _error(failure.code, failure.detail) if failure else None
+    return error_record(failure.code, failure.detail) if failure else None
 
 
 def _finish(
     event: dict[str, Any],
-    status: str,
+    status: EventStatus,
     *,
     reason: str | None = None,
     routes: list[dict[str, Any]] | None = None,
@@ -143,7 +137,7 @@ def _finish(
                 pipe.watch(key)  # type: ignore[no-untyped-call]
                 raw = pipe.hget(key, "status")
                 current = raw.decode() if isinstance(raw, bytes) else raw
-                if current is None or current in FINAL:
+                if current is None or current in EVENT_FINAL:
                     pipe.reset()
                     return current or status
                 pipe.multi()
@@ -170,28 +164,17 @@ def _finish(
 
 def _retry_or_fail(event: dict[str, Any], exc: Exception) -> str:
     attempt = int(event.get("attempts") or 1)
-    error = _error("processing_error", type(exc).__name__)
+    error = error_record("processing_error", type(exc).__name__)
     if attempt >= MAX_ATTEMPTS:
-        return _finish(event, "failed", error=error)
+        return _finish(event, EventStatus.FAILED, error=error)
     due = time.time() + default_policy().delay(attempt)
     message = process_message(event["id"])
     with worker_redis().pipeline(transaction=True) as pipe:
-        pipe.hset(keys().event(event["id"]), mapping={"status": "received", "error": dumps(error)})
+        retrying: dict[Any, str] = {"status": EventStatus.RECEIVED, "error": dumps(error)}
+        pipe.hset(keys().event(event["id"]), mapping=retrying)
         pipe.zadd(keys().schedule, {f"{WEBHOOKS}\n{message}": due})
         pipe.execute()
-    return "received"
-
-
-def _error(code: str, detail: str) -> dict[str, str]:
-    return {"code": code, "detail": detail[:2000]}
-
-
-def _short(exc: Exception) -> str:
-    if isinstance(exc, ValidationError):
-        first = exc.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"]) or "payload"
-        return f"{loc}: {first['msg']}"
-    return str(exc)
+    return EventStatus.RECEIVED
 
 
 @app.task(name=PROCESS_TASK)  # type: ignore[untyped-decorator]

@@ -98,7 +98,7 @@ async def list_dead_letters(
 async def replay_one(dead_letter_id: str, request: Request, _: OwnerDep) -> Replayed:
     """Start one dead letter again ('job:<id>' or 'delivery:<id>')."""
     if not await _store(request).replay(dead_letter_id):
-        raise ApiError(404, "dead_letter_not_found", f"no dead letter {dead_letter_id}")
+        raise ApiError("dead_letter_not_found", f"no dead letter {dead_letter_id}")
     return Replayed(replayed=1, ids=[dead_letter_id])
 
 

@@ -89,7 +89,7 @@ async def download_file(file_id: str, owner: OwnerDep, store: FileStoreDep) -> F
     """The file's bytes, as an attachment with its stored name and type."""
     meta = store.get(file_id)
     if meta is None:
-        raise ApiError(404, "file_not_found", f"no file {file_id[:80]}")
+        raise ApiError("file_not_found", f"no file {file_id[:80]}")
     return FileResponse(
         store.path(file_id),
         media_type=meta.content_type,

@@ -16,7 +16,7 @@ from core.settings import Settings
 from gateway.auth import authenticate
 from gateway.body import parse_object, read_limited, require_json
 from gateway.deps import JobsDep, KeysDep, OwnerDep
-from gateway.errors import ApiError, responses, validation_errors
+from gateway.errors import ApiError, invalid_input, responses
 from handlers.outbound import UrlRejected, check_url
 from tasks.deliveries import list_for
 from tasks.protocol import job_message, new_id
@@ -99,12 +99,10 @@ async def submit_job(kind: str, request: Request) -> Response:
     jobs: JobStore = state.jobs
     idempotency_key = request.headers.get("idempotency-key")
     if idempotency_key is not None and not 0 < len(idempotency_key) <= 255:
-        raise ApiError(
-            400, "invalid_idempotency_key", "Idempotency-Key must be 1 to 255 characters"
-        )
+        raise ApiError("invalid_idempotency_key", "Idempotency-Key must be 1 to 255 characters")
     spec = KINDS.get(kind)
     if spec is None:
-        raise ApiError(404, "unknown_kind", f"no job kind {kind!r}; known: {', '.join(KINDS)}")
+        raise ApiError("unknown_kind", f"no job kind {kind!r}; known: {', '.join(KINDS)}")
     require_json(request)
     raw = await read_limited(request, settings.max_job_body_bytes)
     body = parse_object(raw)
@@ -112,10 +110,7 @@ async def submit_job(kind: str, request: Request) -> Response:
     try:
         spec.input.model_validate(body)
     except ValidationError as exc:
-        errors = validation_errors(list(exc.errors()))
-        first = errors[0]
-        where = ".".join(str(part) for part in first["loc"]) or "body"
-        raise _unprocessable(f"{where}: {first['msg']}", errors) from exc
+        raise invalid_input(exc) from exc
     due = _due(envelope, settings.max_delay_seconds)
     callback_url = envelope.get("callback_url")
     if callback_url is not None:
@@ -142,7 +137,6 @@ async def submit_job(kind: str, request: Request) -> Response:
         job_id, body_hash = existing
         if idem is not None and body_hash != idem.body_sha256:
             raise ApiError(
-                409,
                 "idempotency_key_reused",
                 "this Idempotency-Key was used with a different body",
             )
@@ -163,7 +157,7 @@ async def get_job(job_id: str, owner: OwnerDep, jobs: JobsDep) -> JobView:
     record = await jobs.get(job_id)
     # another caller's job is as absent as a job that never existed
     if record is None or record.get("owner") != owner:
-        raise ApiError(404, "job_not_found", f"no job {job_id}")
+        raise ApiError("job_not_found", f"no job {job_id}")
     return JobView.model_validate(record)
 
 
@@ -178,18 +172,18 @@ async def job_deliveries(
     """The job's callback deliveries, each with every attempt (time, status, latency, error)."""
     record = await jobs.get(job_id)
     if record is None or record.get("owner") != owner:
-        raise ApiError(404, "job_not_found", f"no job {job_id}")
+        raise ApiError("job_not_found", f"no job {job_id}")
     return await list_for(jobs.redis, keys, f"job:{job_id}")
 
 
 async def _check_callback(url: Any, request: Request) -> None:
     """400 unless ``url`` is one the outbound guard would dial (checked again at connect time)."""
     if not isinstance(url, str) or len(url) > 2048:
-        raise ApiError(400, "url_invalid", "callback_url must be a URL string")
+        raise ApiError("url_invalid", "callback_url must be a URL string")
     try:
         await check_url(url, request.app.state.outbound_policy)
     except UrlRejected as exc:
-        raise ApiError(400, exc.code, f"callback_url refused: {exc.detail}") from exc
+        raise ApiError(exc.code, f"callback_url refused: {exc.detail}") from exc
 
 
 def _due(envelope: dict[str, Any], max_delay: int) -> float:
@@ -220,4 +214,4 @@ def _due(envelope: dict[str, Any], max_delay: int) -> float:
 
 
 def _unprocessable(detail: str, errors: list[dict[str, Any]] | None) -> ApiError:
-    return ApiError(422, "validation_error", detail, errors=errors)
+    return ApiError("validation_error", detail, errors=errors)

@@ -13,6 +13,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
+from core.statuses import EventStatus
 from gateway.body import encodable
 from gateway.deps import OwnerDep
 from gateway.errors import ApiError, responses
@@ -91,7 +92,7 @@ async def receive_webhook(inbound: VerifiedWebhook, request: Request) -> JSONRes
     try:
         document = event_document(inbound.body, inbound.media)
     except EventUnreadable as exc:
-        raise ApiError(400, "invalid_json", str(exc)) from None
+        raise ApiError(exc.code, str(exc)) from None
     if config.type_header:
         event_type = (request.headers.get(config.type_header) or "").strip() or None
         where = f"the {config.type_header} header"
@@ -99,11 +100,11 @@ async def receive_webhook(inbound: VerifiedWebhook, request: Request) -> JSONRes
         event_type = event_type_at(document, config.type_path)
         where = f"the body's {config.type_path!r} field"
     if event_type is None:
-        raise ApiError(422, "missing_event_type", f"no event type in {where}")
+        raise ApiError("missing_event_type", f"no event type in {where}")
     delivery_id = inbound.verified.delivery_id
     # a JSON string may hold a lone surrogate (an escaped \ud800); Redis stores text as UTF-8
     if not encodable(event_type) or (delivery_id is not None and not encodable(delivery_id)):
-        raise ApiError(400, "invalid_json", "the event's type or id is not valid Unicode")
+        raise ApiError("invalid_json", "the event's type or id is not valid Unicode")
     accepted = matches(event_type, config.events)
     event = NewEvent(
         id=new_id(),
@@ -112,7 +113,7 @@ async def receive_webhook(inbound: VerifiedWebhook, request: Request) -> JSONRes
         type=event_type,
         content_type=inbound.media,
         body=inbound.body,
-        status="received" if accepted else "ignored",
+        status=EventStatus.RECEIVED if accepted else EventStatus.IGNORED,
         reason=None if accepted else "event type not accepted by this source",
     )
     original = await _events(request).record(event)
@@ -132,5 +133,5 @@ async def get_event(
     """
     view = await _events(request).view(event_id, with_body=body)
     if view is None:
-        raise ApiError(404, "event_not_found", f"no event {event_id}")
+        raise ApiError("event_not_found", f"no event {event_id}")
     return view

@@ -16,7 +16,7 @@ from fastapi import Depends, Request
 from core.settings import Settings
 from gateway.body import read_limited
 from gateway.errors import ApiError
-from gateway.webhooks.signatures import SignatureError, Verified
+from gateway.webhooks.signatures import Verified
 from gateway.webhooks.verifiers import InboundSource
 from handlers.webhooks import media_type
 
@@ -36,19 +36,16 @@ async def verified_webhook(source: str, request: Request) -> InboundWebhook:
     sources: Mapping[str, InboundSource] = request.app.state.webhook_sources
     loaded = sources.get(source)
     if loaded is None:
-        raise ApiError(404, "unknown_source", f"no webhook source {source!r}")
+        raise ApiError("unknown_source", f"no webhook source {source!r}")
     media = media_type(request.headers.get("content-type"))
     if not loaded.config.accepts(media):
         accepted = "application/json" + (
             " or application/x-www-form-urlencoded" if loaded.config.scheme == "github" else ""
         )
-        raise ApiError(415, "unsupported_media_type", f"send the event as {accepted}")
+        raise ApiError("unsupported_media_type", f"send the event as {accepted}")
     settings: Settings = request.app.state.settings
     body = await read_limited(request, settings.max_webhook_body_bytes)
-    try:
-        verified = loaded.verify(request.headers, body)
-    except SignatureError as exc:
-        raise ApiError(401, exc.code, exc.detail) from None
+    verified = loaded.verify(request.headers, body)  # or SignatureError, an ApiError: 401
     return InboundWebhook(loaded, media, body, verified)
 
 

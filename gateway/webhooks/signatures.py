@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from hmac import compare_digest
 from typing import Literal
 
+from gateway.errors import ApiError
 from handlers.signing import Algorithm, hmac_digest, standard_signed_content, standard_webhooks_key
 
 ErrorCode = Literal[
@@ -31,13 +32,11 @@ _INTEGER = re.compile(r"[0-9]{1,15}")  # bounded: a timestamp never needs more d
 _HEX = re.compile(r"(?:[0-9a-fA-F]{2})+")
 
 
-class SignatureError(Exception):
-    """A webhook failed verification; `detail` names the check and header, never a secret."""
+class SignatureError(ApiError):
+    """A webhook failed verification (401); `detail` names the check and header, never a secret."""
 
     def __init__(self, code: ErrorCode, detail: str) -> None:
-        super().__init__(detail)
-        self.code: str = code
-        self.detail = detail
+        super().__init__(code, detail)
 
 
 @dataclass(frozen=True)
@@ -58,9 +57,7 @@ def _header(headers: Mapping[str, str], name: str) -> str | None:
     if value is None:
         # Starlette's Headers is case-insensitive already; a plain dict may not be lower-cased.
         value = next((v for k, v in headers.items() if k.lower() == name), None)
-    if value is None:
-        return None
-    return value.strip() or None
+    return (value or "").strip() or None
 
 
 def _require(headers: Mapping[str, str], name: str) -> str:

@@ -46,6 +46,7 @@ def rejected(code: str, call: Callable[[], Verified]) -> SignatureError:
         call()
     err = info.value
     assert err.code == code, err.detail
+    assert err.status == 401  # an ApiError: the API answers it as it is
     for secret in ALL_SECRETS:
         for material in (secret, secret.removeprefix("whsec_")):
             assert material not in str(err)
