@@ -24,7 +24,8 @@ CHUNK = 4 << 20
 OURS = """
 import json, resource, sys, time
 from pathlib import Path
-from handlers.files import OPERATIONS, FileStore, OpContext
+from handlers.files import FileStore, OpContext
+from handlers.files.job import OPERATIONS
 op = OPERATIONS["sha256"]
 ctx = OpContext(FileStore(Path(sys.argv[2])), lambda fraction: None)
 start = time.perf_counter()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from core.settings import Settings
-from handlers.email import SmtpConfig
+from handlers.email_models import SmtpConfig
 from handlers.llm import LlmConfig
 from handlers.outbound import OutboundPolicy
 

@@ -1,6 +1,7 @@
 """The job kinds, request half: each kind's name, Celery task (and so its queue), input schema and
 retry policy. The API, beat and the webhook sources loader read this; only workers import the
-runners (tasks/runners.py), which bring the heavy clients (SMTP, LLM, image libraries).
+runners (tasks/runners.py), which bring the heavy clients (SMTP, LLM, image libraries). The input
+schemas come from light modules (pydantic only), so importing this loads none of those.
 
 Adding a kind is one entry here, one runner in tasks/runners.py, one route in tasks/queues.py and
 a handler in handlers/.
@@ -14,8 +15,8 @@ from pydantic import BaseModel
 
 from core.retry import RetryPolicy
 from handlers.echo import EchoInput
-from handlers.email import EmailJob
-from handlers.files import FileJob
+from handlers.email_models import EmailJob
+from handlers.files.models import FileJob
 from handlers.llm import LlmJob
 
 

@@ -15,7 +15,7 @@ from typing import Literal
 import httpx
 
 from handlers.errors import PermanentError, TransientError
-from handlers.outbound import post_limited, retry_after_seconds
+from handlers.outbound.transfer import post_limited, retry_after_seconds
 from handlers.signing import sign_standard
 
 Verdict = Literal["delivered", "retry", "stop"]

@@ -23,7 +23,7 @@ import time
 from collections import deque
 from collections.abc import Iterable, Sequence
 from email.message import Message
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from aiosmtplib import (
     SMTP,
@@ -35,8 +35,7 @@ from aiosmtplib import (
 )
 from aiosmtplib.typing import Default
 
-if TYPE_CHECKING:
-    from handlers.email import SmtpConfig
+from handlers.email_models import SmtpConfig
 
 IDLE_TIMEOUT_SECONDS = 30.0  # relays drop idle sessions (Postfix after 300 s, some after 30-60 s)
 MAX_MESSAGES = 100  # per session: bounds how long one session lives

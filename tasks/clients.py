@@ -17,11 +17,13 @@ import httpx
 
 from core.configs import llm_config, outbound_policy, smtp_config
 from core.settings import Settings, get_settings
-from handlers.email import SmtpConfig
+from handlers.email_models import SmtpConfig
 from handlers.errors import PermanentError
 from handlers.files import FileStore
 from handlers.llm import LlmConfig
-from handlers.outbound import AiohttpTransport, build_client, fetch_to_file, request_limited
+from handlers.outbound.aiohttp_transport import AiohttpTransport
+from handlers.outbound.client import build_client
+from handlers.outbound.transfer import fetch_to_file, request_limited
 from handlers.smtp_pool import SmtpPool
 from tasks import loop
 

@@ -11,8 +11,10 @@ from email.utils import parseaddr
 from typing import Any
 
 from handlers.echo import EchoInput, echo
-from handlers.email import EmailJob, EmailResult, send_email
-from handlers.files import FileJob, FileResult, run_file_job
+from handlers.email import send_email
+from handlers.email_models import EmailJob, EmailResult
+from handlers.files.job import run_file_job
+from handlers.files.models import FileJob, FileResult
 from handlers.llm import LlmJob, LlmResult, call_llm
 from tasks.clients import get_clients
 from tasks.context import JobContext

@@ -4,95 +4,21 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
-from typing import Any, Self
 from urllib.parse import unquote
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    HttpUrl,
-    SerializeAsAny,
-    ValidationInfo,
-    field_validator,
-    model_validator,
-)
-from pydantic_core import PydanticCustomError
+from pydantic import HttpUrl
 
+# The built-in operations register themselves in the catalog when imported: a worker that runs
+# file jobs has them all from here.
+import handlers.files.images
+import handlers.files.operations  # noqa: F401
 from handlers.errors import PermanentError
-from handlers.files.operations import OPERATIONS, OpContext, detect_content_type
-from handlers.files.storage import FILE_ID_PATTERN, FileStore, StoredFile
+from handlers.files.catalog import OPERATIONS, OpContext
+from handlers.files.models import FileJob, FileResult, OperationResult
+from handlers.files.operations import detect_content_type
+from handlers.files.storage import FileStore, StoredFile
 
 Fetch = Callable[[str, Path, int], int]
-
-
-class FileSource(BaseModel):
-    """Where the job's input comes from: a stored file id or a URL, exactly one."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    file_id: str | None = Field(default=None, pattern=FILE_ID_PATTERN)
-    url: HttpUrl | None = None
-
-    @model_validator(mode="after")
-    def _exactly_one(self) -> Self:
-        if (self.file_id is None) == (self.url is None):
-            raise ValueError("give exactly one of file_id or url")
-        return self
-
-
-class OperationSpec(BaseModel):
-    """One step of a job: a registered operation's name and its params."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    name: str
-    # SerializeAsAny: dump the op's own params model, not the empty BaseModel declared here.
-    params: SerializeAsAny[BaseModel] = Field(default_factory=dict, validate_default=True)
-
-    @field_validator("name")
-    @classmethod
-    def _known_operation(cls, name: str) -> str:
-        if name not in OPERATIONS:
-            raise PydanticCustomError(
-                "unknown_operation",
-                "unknown operation '{name}'; expected one of: {expected}",
-                {"name": name, "expected": ", ".join(sorted(OPERATIONS))},
-            )
-        return name
-
-    @field_validator("params", mode="plain", json_schema_input_type=dict[str, Any])
-    @classmethod
-    def _op_params(cls, params: Any, info: ValidationInfo) -> Any:
-        op = OPERATIONS.get(info.data.get("name", ""))
-        if op is None or isinstance(params, op.params_model):
-            return params  # a bad name is already reported; nothing to check params against
-        # Its ValidationError nests under this field: the 422 names operations.0.params.width
-        return op.params_model.model_validate(params)
-
-
-class FileJob(BaseModel):
-    """Input of a file job."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    source: FileSource
-    operations: list[OperationSpec] = Field(min_length=1, max_length=10)
-
-
-class OperationResult(BaseModel):
-    """What one operation returned."""
-
-    name: str
-    result: dict[str, Any]
-
-
-class FileResult(BaseModel):
-    """Result of a file job: the source, each operation's result, and the files it made."""
-
-    source_file_id: str
-    results: list[OperationResult]
-    outputs: list[str]
 
 
 class _Progress:

@@ -1,9 +1,6 @@
-"""The registry of file operations and the built-in ones.
-
-An operation is ``fn(src: Path, params: SomeParams, ctx: OpContext) -> dict``; ``@operation(name)``
-registers it and reads its params model from the annotation. Outputs go into ``ctx.store`` and are
-named in the result as ``output_file_id``.
-"""
+"""The built-in file operations that need no image library: hashing, sniffing, ffmpeg's probe and
+transcode (the thumbnail, which needs Pillow, is images.py). Each registers itself on import
+(catalog.py declares the names and params a caller may use)."""
 
 from __future__ import annotations
 
@@ -12,72 +9,15 @@ import hashlib
 import json
 import shutil
 import subprocess
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Literal, TypeVar, cast, get_type_hints
-
-from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Any
 
 from handlers.errors import PermanentError, TransientError
-from handlers.files.storage import FileStore
+from handlers.files.catalog import NoParams, OpContext, TranscodeParams, operation
 
 CHUNK = 1 << 20
-# Our own bomb limit, checked from the header before any pixel is decoded (about 200 MB as RGBA).
-MAX_IMAGE_PIXELS = 50_000_000
 PROBE_TIMEOUT_S = 60.0
 TRANSCODE_TIMEOUT_S = 3600.0
-
-
-@dataclass
-class OpContext:
-    """What an operation may use besides its input: the store and a progress callback."""
-
-    store: FileStore
-    progress: Callable[[float], None]
-    max_output_bytes: int = 8 << 30
-
-
-class Params(BaseModel):
-    """Base of operation params: unknown keys are an error, not silently ignored."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class NoParams(Params):
-    """Params of an operation that takes none."""
-
-
-OpFunc = Callable[[Path, Any, OpContext], dict[str, Any]]
-
-
-@dataclass(frozen=True)
-class Operation:
-    """A registered operation: its name, params model and function."""
-
-    name: str
-    params_model: type[BaseModel]
-    func: OpFunc
-
-
-OPERATIONS: dict[str, Operation] = {}
-F = TypeVar("F", bound=Callable[..., dict[str, Any]])
-
-
-def operation(name: str) -> Callable[[F], F]:
-    """Register fn under name; its ``params`` annotation is the model that validates params."""
-
-    def register(fn: F) -> F:
-        model = get_type_hints(fn).get("params")
-        if not (isinstance(model, type) and issubclass(model, BaseModel)):
-            raise TypeError(f"operation {name!r}: annotate params with a pydantic model")
-        if name in OPERATIONS:
-            raise ValueError(f"operation {name!r} is already registered")
-        OPERATIONS[name] = Operation(name, model, fn)
-        return fn
-
-    return register
 
 
 @operation("sha256")
@@ -143,54 +83,6 @@ def content_type(src: Path, params: NoParams, ctx: OpContext) -> dict[str, Any]:
     return {"content_type": detect_content_type(head)}
 
 
-class ThumbnailParams(Params):
-    """Bounding box and output format of a thumbnail."""
-
-    width: int = Field(ge=1, le=4096)
-    height: int = Field(ge=1, le=4096)
-    format: Literal["png", "jpeg", "webp"] = "png"
-
-
-# Modes each encoder takes as they are; anything else is converted first.
-_KEEP_MODES = {"png": ("1", "L", "LA", "P", "RGB", "RGBA"), "jpeg": ("L", "RGB"),
-               "webp": ("RGB", "RGBA")}  # fmt: skip
-
-
-@operation("thumbnail")
-def thumbnail(src: Path, params: ThumbnailParams, ctx: OpContext) -> dict[str, Any]:
-    """Scale an image to fit the box, keeping its aspect ratio, and store the result."""
-    try:
-        with Image.open(src) as im:
-            if im.width * im.height > MAX_IMAGE_PIXELS:
-                size = f"{im.width}x{im.height}"
-                raise PermanentError(f"image of {size} pixels is too large", code="image_too_large")
-            # Phones store rotated pixels plus an EXIF turn; fit the box as the image will be seen.
-            turned = im.getexif().get(ExifTags.Base.Orientation, 1) in (5, 6, 7, 8)
-            im.thumbnail((params.height, params.width) if turned else (params.width, params.height))
-            out = ImageOps.exif_transpose(im)
-    except UnidentifiedImageError as exc:
-        raise PermanentError("the file is not an image we can read", code="not_an_image") from exc
-    except Image.DecompressionBombError as exc:
-        raise PermanentError(str(exc), code="image_too_large") from exc
-    except (OSError, SyntaxError, ValueError) as exc:  # truncated or corrupt image data
-        raise PermanentError(f"the image could not be decoded: {exc}", code="not_an_image") from exc
-    ctx.progress(0.5)
-    if out.mode not in _KEEP_MODES[params.format]:
-        alpha = params.format != "jpeg" and out.has_transparency_data
-        out = out.convert("RGBA" if alpha else "RGB")
-    with ctx.store.open_writer(
-        max_bytes=ctx.max_output_bytes,
-        filename=f"thumbnail.{params.format}",
-        content_type=f"image/{params.format}",
-    ) as writer:
-        # FileWriter has write() only, which is all Pillow needs from a file object.
-        out.save(cast("IO[bytes]", writer), format=params.format.upper())
-        stored = writer.commit()
-    ctx.progress(1.0)
-    dims = {"width": out.width, "height": out.height}
-    return {"output_file_id": stored.id, **dims, "format": params.format}
-
-
 # We force the demuxer from our own sniffing, so ffmpeg never runs playlist/concat demuxers on
 # uploaded text (they can read local files or fetch URLs).
 _DEMUXERS = {"video/mp4": "mov", "video/quicktime": "mov", "audio/mp4": "mov",
@@ -246,13 +138,6 @@ def video_probe(src: Path, params: NoParams, ctx: OpContext) -> dict[str, Any]:
     duration = fmt.get("duration")
     return {"format_name": fmt.get("format_name"), "streams": streams,
             "duration": float(duration) if duration else None}  # fmt: skip
-
-
-class TranscodeParams(Params):
-    """Target container and an optional height limit."""
-
-    format: Literal["mp4", "webm"] = "mp4"
-    max_height: int | None = Field(default=None, ge=16, le=4320)
 
 
 _CODECS = {

@@ -17,7 +17,8 @@ from aiosmtpd.smtp import SMTP as SmtpServer
 from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword, Session
 from pydantic import SecretStr, ValidationError
 
-from handlers.email import EmailJob, EmailResult, SmtpConfig, send_email
+from handlers.email import send_email
+from handlers.email_models import EmailJob, EmailResult, SmtpConfig
 from handlers.errors import PermanentError, TransientError
 from handlers.smtp_pool import SmtpPool
 from tests.smtp_sink import Recorder

@@ -21,14 +21,15 @@ from PIL import Image
 from pydantic import ValidationError
 
 from handlers.errors import PermanentError
-from handlers.files import (
+from handlers.files import FileJob, FileStore, OpContext, StoredFile
+from handlers.files.catalog import (
+    OPERATION_PARAMS,
     OPERATIONS,
-    FileJob,
-    FileStore,
-    OpContext,
-    StoredFile,
-    run_file_job,
+    NoParams,
+    ThumbnailParams,
+    operation,
 )
+from handlers.files.job import run_file_job
 
 MB = 1 << 20
 
@@ -65,6 +66,30 @@ def run_op(store: FileStore, name: str, src: Path, params: dict[str, Any] | None
 
 def job(source: dict[str, str], *ops: dict[str, Any]) -> FileJob:
     return FileJob.model_validate({"source": source, "operations": list(ops)})
+
+
+# --- the catalog ------------------------------------------------------------------------
+
+
+def test_every_declared_operation_is_implemented_with_its_declared_params() -> None:
+    # the API validates against the declarations, workers run the implementations: they must agree
+    assert set(OPERATIONS) == set(OPERATION_PARAMS)
+    for name, op in OPERATIONS.items():
+        assert op.params_model is OPERATION_PARAMS[name], name
+
+
+def test_an_operation_must_be_declared_with_its_params_model() -> None:
+    def undeclared(src: Path, params: NoParams, ctx: OpContext) -> dict[str, Any]:
+        return {}
+
+    def mistyped(src: Path, params: ThumbnailParams, ctx: OpContext) -> dict[str, Any]:
+        return {}
+
+    with pytest.raises(ValueError, match="declare it"):
+        operation("not_declared")(undeclared)
+    with pytest.raises(TypeError, match="NoParams"):
+        operation("sha256")(mistyped)
+    assert "not_declared" not in OPERATIONS
 
 
 # --- storage -----------------------------------------------------------------------------
@@ -214,7 +239,7 @@ def test_thumbnail_of_non_image(store: FileStore, tmp_path: Path) -> None:
 def test_thumbnail_refuses_decompression_bomb(
     store: FileStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("handlers.files.operations.MAX_IMAGE_PIXELS", 1000)
+    monkeypatch.setattr("handlers.files.images.MAX_IMAGE_PIXELS", 1000)
     src = tmp_path / "big.png"
     src.write_bytes(image_bytes("PNG", (100, 100)))
     with pytest.raises(PermanentError) as info:
@@ -286,7 +311,8 @@ def test_sha256_memory_stays_flat_in_a_subprocess(tmp_path: Path) -> None:
         f"""
         import json, resource
         from pathlib import Path
-        from handlers.files import OPERATIONS, FileStore, OpContext
+        from handlers.files import FileStore, OpContext
+        from handlers.files.job import OPERATIONS
         op = OPERATIONS["sha256"]
         ctx = OpContext(FileStore(Path({str(tmp_path / "s")!r})), lambda f: None)
         result = op.func(Path({str(sparse)!r}), op.params_model(), ctx)

@@ -22,12 +22,9 @@ import respx
 
 from handlers.delivery import signed_headers
 from handlers.errors import PermanentError, TransientError
-from handlers.outbound import (
-    OutboundPolicy,
-    UrlRejected,
-    blocked_reason,
-    build_client,
-    check_url,
+from handlers.outbound import OutboundPolicy, UrlRejected, blocked_reason, check_url
+from handlers.outbound.client import build_client
+from handlers.outbound.transfer import (
     error_for_status,
     fetch_to_file,
     post_limited,

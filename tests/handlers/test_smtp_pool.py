@@ -12,7 +12,8 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP as SmtpServer
 from aiosmtpd.smtp import Envelope, Session
 
-from handlers.email import EmailResult, SmtpConfig, send_email
+from handlers.email import send_email
+from handlers.email_models import EmailResult, SmtpConfig
 from handlers.errors import PermanentError, TransientError
 from handlers.smtp_pool import SmtpPool
 from tests.handlers.test_email import config_for, free_port, job

@@ -13,7 +13,7 @@ import pytest
 from gateway.embedded import free_port
 from handlers.errors import PermanentError, TransientError
 from handlers.llm import LlmConfig, LlmJob, call_llm
-from handlers.outbound import AiohttpTransport
+from handlers.outbound.aiohttp_transport import AiohttpTransport
 from tasks import clients, loop
 from tests.conftest import make_settings
 from tests.handlers.llm_stub import LlmStub
