@@ -18,9 +18,10 @@ from core.statuses import DeliveryStatus, JobStatus
 from tasks.claims import lua_string
 from tasks.deliveries import CALLBACK_POLICY, DELIVER_TASK
 from tasks.keys import Keys
-from tasks.protocol import job_message, task_message
-from tasks.queues import CALLBACKS, queue_for
+from tasks.protocol import task_message
+from tasks.queues import CALLBACKS
 from tasks.store import decode, now_iso
+from tasks.submit import dispatch
 
 _REPLAY = f"""
 -- KEYS: dead-letter zset, record hash, queue
@@ -119,9 +120,8 @@ class DeadLetters:
             spec = KINDS.get(str(record.get("kind")))
             if spec is None:
                 return False
-            queue = queue_for(spec.task)
-            message = job_message(spec.task, ident, queue)
-            budget = policy_for(spec.name, spec.retry).max_attempts
+            # the queue, message and budget a new job of its kind gets
+            queue, message, budget = dispatch(spec, ident)
         else:
             queue = CALLBACKS
             message = task_message(DELIVER_TASK, ident, queue, [ident])
