@@ -142,19 +142,25 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
         code = "invalid_json"  # FastAPI's words for a body model's JSON it could not decode
     headers = exc.headers
     if exc.status_code == 405:
-        # Starlette names the methods of the first route whose path matched; several routes
-        # share a path shape (POST /v1/jobs/{kind}, GET /v1/jobs/{job_id}): name all of theirs
+        # Starlette names the methods of the first route whose path matched; name what the
+        # OpenAPI document says the URL answers instead (see _allowed_methods)
         headers = {**(headers or {}), "Allow": ", ".join(_allowed_methods(request))}
     return _answer(exc.status_code, code, str(exc.detail), headers=headers)
 
 
 def _allowed_methods(request: Request) -> list[str]:
-    methods: set[str] = set()
+    # The documented routes matching the URL; a concrete path's (/v1/jobs/email: POST) before a
+    # template's (/v1/jobs/{job_id}: GET), as OpenAPI matches paths
+    concrete: set[str] = set()
+    templated: set[str] = set()
     for route in request.app.router.routes:
+        if not getattr(route, "include_in_schema", True):
+            continue
         match, _ = route.matches({**request.scope, "method": "\x00"})
         if match != Match.NONE:
-            methods |= set(getattr(route, "methods", None) or ())
-    return sorted(methods)
+            found = concrete if "{" not in getattr(route, "path", "{") else templated
+            found |= set(getattr(route, "methods", None) or ())
+    return sorted(concrete or templated)
 
 
 # Error replies of a Redis that cannot serve right now but will (loading its data, a replica

@@ -12,7 +12,7 @@ from core.configs import outbound_policy
 from core.destinations import check_destinations
 from core.settings import Settings, get_settings
 from core.sources import load_sources
-from gateway import errors
+from gateway import errors, openapi
 from gateway.redis_client import open_redis
 from gateway.routes import dead_letters, example, files, health, jobs, webhooks
 from gateway.webhooks.verifiers import inbound_sources
@@ -67,6 +67,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         load_sources(settings.webhook_sources_file, app.state.outbound_policy)
     )
     errors.install(app)
+    openapi.install(app, settings)
     # Routes go onto the app itself, hot paths first: include_router (FastAPI 0.16x) wraps each
     # router in a lazy _IncludedRouter that re-checks its routes' version on every request, which
     # cost ~9 % of a job submission's CPU (bench/README.md).

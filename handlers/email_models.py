@@ -78,6 +78,16 @@ class SmtpConfig(BaseModel):
 class Attachment(BaseModel):
     """One attached file: inline base64 content or a URL fetched at send time."""
 
+    # the "exactly one" rule, stated for the OpenAPI document and clients generated from it
+    model_config = ConfigDict(
+        json_schema_extra={
+            "oneOf": [
+                {"required": [name], "properties": {name: {"type": "string"}}}
+                for name in ("content_base64", "url")
+            ]
+        }
+    )
+
     filename: HeaderText = Field(min_length=1, max_length=255, pattern=r"^[^/\\]+$")
     content_type: str = Field(
         default="application/octet-stream", pattern=r"^[\w.+-]+/[\w.+-]+$", max_length=255
@@ -109,7 +119,11 @@ class Attachment(BaseModel):
 class EmailJob(BaseModel):
     """One email to send; validation failures are pydantic errors naming the field."""
 
-    model_config = ConfigDict(validate_by_name=True, validate_by_alias=True, extra="forbid")
+    model_config = ConfigDict(
+        validate_by_name=True,
+        validate_by_alias=True,
+        extra="forbid",
+    )
 
     to: Addresses = Field(min_length=1, max_length=100)
     cc: Addresses = Field(default_factory=list, max_length=100)

@@ -3,30 +3,25 @@
 from __future__ import annotations
 
 import hashlib
-import time
-from datetime import datetime
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ValidationError
 
 from core.kinds import KINDS
-from core.retry import policy_for
 from core.settings import Settings
 from gateway.auth import authenticate
 from gateway.body import parse_object, read_limited, require_json
 from gateway.deps import JobsDep, KeysDep, OwnerDep
 from gateway.errors import ApiError, invalid_input, responses
+from gateway.openapi import article, request_body
 from handlers.outbound import UrlRejected, check_url
 from tasks.deliveries import list_for
-from tasks.protocol import job_message, new_id
-from tasks.queues import queue_for
-from tasks.store import Idempotency, JobStore, NewJob
+from tasks.store import JobStore
+from tasks.submit import ENVELOPE, InvalidSchedule, plan_job
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
-
-# Fields of the request body that are about the job, not the kind's input.
-ENVELOPE = ("callback_url", "run_at", "delay_seconds")
 
 
 class JobAccepted(BaseModel):
@@ -67,83 +62,84 @@ class JobView(BaseModel):
 
 # The hot path: no dependencies to solve and no response model to re-validate (each costs more
 # per request than the Redis write; bench/README.md). The OpenAPI schema is declared by hand.
-_SUBMIT_DOC: dict[str, Any] = {
-    "parameters": [
-        {"name": "Authorization", "in": "header", "required": True, "schema": {"type": "string"}},
-        {
-            "name": "Idempotency-Key",
-            "in": "header",
-            "schema": {"type": "string", "minLength": 1, "maxLength": 255},
-        },
-    ],
-    "requestBody": {
-        "required": True,
-        "content": {"application/json": {"schema": {"type": "object"}}},
-        "description": "the kind's input, plus optional callback_url, run_at or delay_seconds",
+_HEADERS_DOC: list[dict[str, Any]] = [
+    {"name": "Authorization", "in": "header", "required": True, "schema": {"type": "string"}},
+    {
+        "name": "Idempotency-Key",
+        "in": "header",
+        "schema": {"type": "string", "minLength": 1, "maxLength": 255},
     },
-}
+]
 
 
-@router.post(
-    "/{kind}",
-    status_code=202,
-    response_model=JobAccepted,
-    responses=responses(400, 401, 404, 409, 413, 415, 422, 503),
-    openapi_extra=_SUBMIT_DOC,
-)
-async def submit_job(kind: str, request: Request) -> Response:
-    """Validate, record and enqueue a job; 202 once it is in Redis."""
-    state = request.app.state
-    owner = authenticate(request.headers.get("authorization"), state.api_key_hashes)
-    settings: Settings = state.settings
-    jobs: JobStore = state.jobs
-    idempotency_key = request.headers.get("idempotency-key")
-    if idempotency_key is not None and not 0 < len(idempotency_key) <= 255:
-        raise ApiError("invalid_idempotency_key", "Idempotency-Key must be 1 to 255 characters")
-    spec = KINDS.get(kind)
-    if spec is None:
-        raise ApiError("unknown_kind", f"no job kind {kind!r}; known: {', '.join(KINDS)}")
-    require_json(request)
-    raw = await read_limited(request, settings.max_job_body_bytes)
-    body = parse_object(raw)
-    envelope = {name: body.pop(name) for name in ENVELOPE if name in body}
-    try:
-        spec.input.model_validate(body)
-    except ValidationError as exc:
-        raise invalid_input(exc) from exc
-    due = _due(envelope, settings.max_delay_seconds)
-    callback_url = envelope.get("callback_url")
-    if callback_url is not None:
-        await _check_callback(callback_url, request)
-    job_id = new_id()
-    queue = queue_for(spec.task)
-    policy = policy_for(kind, spec.retry)
-    job = NewJob(
-        id=job_id,
-        kind=kind,
-        owner=owner,
-        payload=body,
-        max_attempts=policy.max_attempts,
-        callback_url=callback_url,
-        due=due,
-    )
-    idem = None
-    if idempotency_key:
-        idem = Idempotency(
-            idempotency_key, hashlib.sha256(raw).hexdigest(), settings.idempotency_ttl_seconds
-        )
-    existing = await jobs.create(job, job_message(spec.task, job_id, queue), queue, idem)
-    if existing is not None:
-        job_id, body_hash = existing
-        if idem is not None and body_hash != idem.body_sha256:
-            raise ApiError(
-                "idempotency_key_reused",
-                "this Idempotency-Key was used with a different body",
+def _submit_endpoint(known: str | None) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+    """The submit route of kind ``known``, or (None) of the kind named by the path."""
+
+    async def submit_job(request: Request) -> Response:
+        """Validate, record and enqueue a job; 202 once it is in Redis."""
+        state = request.app.state
+        owner = authenticate(request.headers.get("authorization"), state.api_key_hashes)
+        settings: Settings = state.settings
+        jobs: JobStore = state.jobs
+        idempotency_key = request.headers.get("idempotency-key")
+        if idempotency_key is not None and not 0 < len(idempotency_key) <= 255:
+            raise ApiError("invalid_idempotency_key", "Idempotency-Key must be 1 to 255 characters")
+        kind = known or request.path_params["kind"]
+        spec = KINDS.get(kind)
+        if spec is None:
+            known_kinds = ", ".join(KINDS)
+            raise ApiError("unknown_kind", f"no job kind {kind!r}; known: {known_kinds}")
+        require_json(request)
+        raw = await read_limited(request, settings.max_job_body_bytes)
+        body = parse_object(raw)
+        envelope = {name: body.pop(name) for name in ENVELOPE if name in body}
+        try:
+            plan = plan_job(
+                spec,
+                body,
+                owner=owner,
+                settings=settings,
+                callback_url=envelope.get("callback_url"),
+                schedule=envelope,
+                idempotency_key=idempotency_key,
+                body_sha256=hashlib.sha256(raw).hexdigest() if idempotency_key else "",
             )
-        current = await jobs.get(job_id)
-        status = current["status"] if current else "queued"
-        return _accepted(job_id, status, {"Idempotent-Replayed": "true"})
-    return _accepted(job_id, "scheduled" if due else "queued")
+        except ValidationError as exc:
+            raise invalid_input(exc) from exc
+        except InvalidSchedule as exc:
+            raise _unprocessable(str(exc), None) from exc
+        if plan.job.callback_url is not None:
+            await _check_callback(plan.job.callback_url, request)
+        existing = await jobs.create(plan.job, plan.message, plan.queue, plan.idempotency)
+        if existing is not None:
+            job_id, body_hash = existing
+            if plan.idempotency is not None and body_hash != plan.idempotency.body_sha256:
+                raise ApiError(
+                    "idempotency_key_reused",
+                    "this Idempotency-Key was used with a different body",
+                )
+            current = await jobs.get(job_id)
+            status = current["status"] if current else "queued"
+            return _accepted(job_id, status, {"Idempotent-Replayed": "true"})
+        return _accepted(plan.job.id, "scheduled" if plan.job.due else "queued")
+
+    return submit_job
+
+
+# One documented route per kind, before GET /{job_id}: a concrete path wins over a template.
+for _kind in KINDS.values():
+    router.add_api_route(
+        f"/{_kind.name}",
+        _submit_endpoint(_kind.name),
+        methods=["POST"],
+        status_code=202,
+        response_model=JobAccepted,
+        responses=responses(400, 401, 409, 413, 415, 422, 503),
+        openapi_extra={"parameters": _HEADERS_DOC, "requestBody": request_body(_kind)},
+        name=f"submit_{_kind.name}_job",
+        summary=f"Submit {_kind.name} job",
+        description=f"Validate, record and enqueue {article(_kind.name)} job; 202 once in Redis.",
+    )
 
 
 def _accepted(job_id: str, status: str, headers: dict[str, str] | None = None) -> Response:
@@ -186,32 +182,16 @@ async def _check_callback(url: Any, request: Request) -> None:
         raise ApiError(exc.code, f"callback_url refused: {exc.detail}") from exc
 
 
-def _due(envelope: dict[str, Any], max_delay: int) -> float:
-    """Epoch seconds the job is due at (0 = now), from run_at or delay_seconds, at most
-    ``max_delay`` ahead (beyond, a schedule entry would wait for a record long gone)."""
-    if "run_at" in envelope and "delay_seconds" in envelope:
-        raise _unprocessable("give run_at or delay_seconds, not both", None)
-    if "delay_seconds" in envelope:
-        delay = envelope["delay_seconds"]
-        if not isinstance(delay, int | float) or isinstance(delay, bool) or not delay >= 0:
-            raise _unprocessable("delay_seconds: must be a number >= 0", None)
-        if delay > max_delay:  # inf included; NaN never gets here (not >= 0)
-            raise _unprocessable(f"delay_seconds: must be at most {max_delay}", None)
-        return time.time() + float(delay) if delay else 0.0
-    if "run_at" in envelope:
-        try:
-            moment = datetime.fromisoformat(str(envelope["run_at"]).replace("Z", "+00:00"))
-        except ValueError as exc:
-            raise _unprocessable("run_at: must be an ISO 8601 timestamp", None) from exc
-        if moment.tzinfo is None:
-            raise _unprocessable("run_at: must carry a time zone (e.g. Z)", None)
-        due = moment.timestamp()
-        now = time.time()
-        if due - now > max_delay:
-            raise _unprocessable(f"run_at: must be at most {max_delay} s from now", None)
-        return due if due > now else 0.0
-    return 0.0
-
-
 def _unprocessable(detail: str, errors: list[dict[str, Any]] | None) -> ApiError:
     return ApiError("validation_error", detail, errors=errors)
+
+
+# Any other kind: 404 unknown_kind (after the API key check, as for a known kind). Last, and out of
+# the schema, so the URL shape /v1/jobs/{x} is documented (and its 405 Allow named) as GET only.
+router.add_api_route(
+    "/{kind}",
+    _submit_endpoint(None),
+    methods=["POST"],
+    include_in_schema=False,
+    name="submit_unknown_kind",
+)

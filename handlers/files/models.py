@@ -17,16 +17,25 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic.config import JsonValue
 from pydantic_core import PydanticCustomError
 
 from handlers.files.catalog import OPERATION_PARAMS
 from handlers.files.storage import FILE_ID_PATTERN
 
 
+def _one_of_fields(*names: str) -> list[JsonValue]:
+    """JSON Schema for "exactly one of these fields, not null" (oneOf its alternatives)."""
+    return [{"required": [name], "properties": {name: {"type": "string"}}} for name in names]
+
+
 class FileSource(BaseModel):
     """Where the job's input comes from: a stored file id or a URL, exactly one."""
 
-    model_config = ConfigDict(extra="forbid")
+    # the "exactly one" rule, stated for the OpenAPI document and clients generated from it
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"oneOf": _one_of_fields("file_id", "url")}
+    )
 
     file_id: str | None = Field(default=None, pattern=FILE_ID_PATTERN)
     url: HttpUrl | None = None
@@ -38,12 +47,15 @@ class FileSource(BaseModel):
         return self
 
 
+_OPERATION_NAMES: list[JsonValue] = [name for name in sorted(OPERATION_PARAMS)]
+
+
 class OperationSpec(BaseModel):
     """One step of a job: a registered operation's name and its params."""
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str
+    name: str = Field(json_schema_extra={"enum": _OPERATION_NAMES})
     # SerializeAsAny: dump the op's own params model, not the empty BaseModel declared here.
     params: SerializeAsAny[BaseModel] = Field(default_factory=dict, validate_default=True)
 
