@@ -13,6 +13,8 @@ taken (one that can't be encoded fails only its caller), a transaction is packed
 of it is queued, and a lost connection fails every waiting caller and is never reused
 (tests/tasks/test_pipelined_faults.py drives it at random). The wire format (packing, error
 replies) is tasks/pipelined_codec.py; the address and the connection setup, tasks/pipelined_url.py.
+What is left is one piece on purpose (~250 lines): the connection, its queue of waiting callers and
+the failure paths that keep that invariant must be read together.
 """
 
 from __future__ import annotations
