@@ -25,6 +25,14 @@ An event (one inbound webhook)::
        │              └──> failed         a route could not be carried out, or retries ran out
        └──> ignored                       at once: a type the source does not accept
 
+An endpoint (a subscriber the operator registered)::
+
+    enabled ──> paused      N failures in a row: its deliveries wait; one probe per interval,
+       ^          │         a success resumes it
+       └──────────┤
+    disabled <────┘         failing for ENDPOINT_DISABLE_AFTER, a 410 Gone, or the operator;
+                            only the operator enables it again (and what it held is sent)
+
 A message for a final record is dropped, so a re-delivered message never runs finished work
 again. Failed and dead jobs and deliveries are dead letters (``*_DEAD_LETTER``): a replay starts
 one again under the same id, as ``queued`` (a job) or ``pending`` (a delivery).
@@ -67,6 +75,14 @@ class EventStatus(StrEnum):
     ROUTED = "routed"
     IGNORED = "ignored"
     FAILED = "failed"
+
+
+class EndpointStatus(StrEnum):
+    """Whether an endpoint is sent to."""
+
+    ENABLED = "enabled"
+    PAUSED = "paused"
+    DISABLED = "disabled"
 
 
 JOB_FINAL: Final = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.DEAD})

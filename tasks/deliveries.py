@@ -67,8 +67,13 @@ def add_delivery(
     max_attempts: int,
     ttl: int,
     delivery_id: str | None = None,
+    endpoint_id: str = "",
 ) -> str:
-    """Queue commands that record a delivery and enqueue its first attempt; returns its id."""
+    """Queue commands that record a delivery and enqueue its first attempt; returns its id.
+
+    ``endpoint_id`` names the endpoint (tasks/endpoints.py) the delivery is for: its secret signs
+    it and its limits pace it. Empty for a job's callback_url and a source's forward URL.
+    """
     delivery_id = delivery_id or new_delivery_id()
     record = {
         "id": delivery_id,
@@ -82,6 +87,8 @@ def add_delivery(
         "max_attempts": max_attempts,
         "created_at": now_iso(),
     }
+    if endpoint_id:
+        record["endpoint_id"] = endpoint_id
     key = keys.delivery(delivery_id)
     pipe.hset(key, mapping=encode(record))
     pipe.expire(key, ttl)

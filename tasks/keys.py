@@ -57,3 +57,12 @@ class Keys:
     def dead_letters(self) -> str:
         """Sorted set: dead-letter ids by time of death. No TTL: kept until replayed or purged."""
         return f"{self.prefix}dead"
+
+    def endpoint(self, endpoint_id: str) -> str:
+        """Hash: one endpoint (tasks/endpoints.py has its fields). No TTL: kept until deleted."""
+        return f"{self.prefix}endpoint:{endpoint_id}"
+
+    @property
+    def endpoints(self) -> str:
+        """Sorted set: endpoint ids by creation time (epoch s). No TTL."""
+        return f"{self.prefix}endpoints"

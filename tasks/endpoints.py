@@ -1,0 +1,147 @@
+"""Endpoints: subscribers the operator registers at run time, offered every matching event.
+
+An endpoint is one Redis hash (``Keys.endpoint``), indexed by creation time in ``Keys.endpoints``.
+Its fields, all strings as Redis keeps them:
+
+    id                  "ep_" + 32 hex digits
+    url                 where deliveries go (passed the outbound guard when set)
+    event_types         JSON list of globs matched against an event's type ("invoice.*", "*")
+    sources             JSON list of source names ("jobs" for job outcomes); [] = every source
+    description         free text
+    rate_limit          deliveries per second, "" for none
+    max_in_flight       requests in flight to it at most
+    ordered             "1": one delivery at a time, in the order the events were accepted
+    headers             JSON object of extra request headers
+    status              core.statuses.EndpointStatus
+    disabled_reason     why it was disabled ("" otherwise)
+    secret              whsec_... that signs its deliveries
+    previous_secret     the secret before the last rotation, also signing until previous_until
+    previous_until      epoch seconds, "" when there is no previous secret
+    failure_streak      failed attempts in a row
+    failing_since       epoch seconds of the first failure of the streak, ""
+    last_success_at, last_failure_at, created_at, updated_at    ISO 8601
+
+Offering an event writes one delivery per matching enabled or paused endpoint (``endpoint_id``
+on the delivery record) into the caller's transaction, on the callbacks machinery: signed with
+the endpoint's secrets, retried, dead-lettered and replayable like every delivery.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from redis.client import Pipeline
+
+from core.statuses import EndpointStatus
+from handlers.webhooks import matches
+from tasks.deliveries import add_delivery
+from tasks.keys import Keys
+from tasks.pipelined import Commands
+
+JOB_SOURCE = "jobs"  # the source name of job outcome events (job.succeeded, job.failed)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One endpoint as the workers use it."""
+
+    id: str
+    url: str
+    event_types: tuple[str, ...]
+    sources: tuple[str, ...]
+    status: EndpointStatus
+    secret: str
+    previous_secret: str = ""
+    previous_until: float = 0.0
+    rate_limit: float | None = None
+    max_in_flight: int = 32
+    ordered: bool = False
+    headers: Mapping[str, str] | None = None
+
+    def wants(self, event_type: str, source: str) -> bool:
+        """Whether this endpoint is offered an event of ``event_type`` from ``source``."""
+        if self.status == EndpointStatus.DISABLED:
+            return False
+        if self.sources and source not in self.sources:
+            return False
+        return matches(event_type, self.event_types)
+
+    def signing_secrets(self, now: float | None = None) -> list[str]:
+        """The secrets that sign its deliveries: the current one, then the previous in its grace."""
+        now = time.time() if now is None else now
+        if self.previous_secret and now < self.previous_until:
+            return [self.secret, self.previous_secret]
+        return [self.secret]
+
+
+def _text(fields: Mapping[Any, Any], name: str) -> str:
+    value = fields.get(name, fields.get(name.encode(), b""))
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def parse(fields: Mapping[Any, Any]) -> Endpoint:
+    """An endpoint from its Redis hash (bytes or str keys and values)."""
+    rate = _text(fields, "rate_limit")
+    until = _text(fields, "previous_until")
+    headers = _text(fields, "headers")
+    return Endpoint(
+        id=_text(fields, "id"),
+        url=_text(fields, "url"),
+        event_types=tuple(json.loads(_text(fields, "event_types") or '["*"]')),
+        sources=tuple(json.loads(_text(fields, "sources") or "[]")),
+        status=EndpointStatus(_text(fields, "status") or EndpointStatus.ENABLED),
+        secret=_text(fields, "secret"),
+        previous_secret=_text(fields, "previous_secret"),
+        previous_until=float(until) if until else 0.0,
+        rate_limit=float(rate) if rate else None,
+        max_in_flight=int(_text(fields, "max_in_flight") or 32),
+        ordered=_text(fields, "ordered") == "1",
+        headers=json.loads(headers) if headers else None,
+    )
+
+
+def load_all(client: redis.Redis, keys: Keys) -> list[Endpoint]:
+    """Every endpoint on record, oldest first (two round trips, whatever their number)."""
+    ids: list[bytes] = client.zrange(keys.endpoints, 0, -1)  # type: ignore[assignment]
+    if not ids:
+        return []
+    pipe = client.pipeline(transaction=False)
+    for endpoint_id in ids:
+        pipe.hgetall(keys.endpoint(endpoint_id.decode()))
+    return [parse(fields) for fields in pipe.execute() if fields]
+
+
+def offer(
+    writes: Pipeline | Commands,
+    keys: Keys,
+    endpoints: Iterable[Endpoint],
+    *,
+    event_type: str,
+    source: str,
+    body: dict[str, Any],
+    parent: str,
+    owner: str,
+    max_attempts: int,
+    ttl: int,
+) -> list[str]:
+    """Queue one delivery of ``body`` per endpoint that wants it; returns the delivery ids."""
+    return [
+        add_delivery(
+            writes,
+            keys,
+            url=endpoint.url,
+            body=body,
+            parent=parent,
+            owner=owner,
+            max_attempts=max_attempts,
+            ttl=ttl,
+            endpoint_id=endpoint.id,
+        )
+        for endpoint in endpoints
+        if endpoint.wants(event_type, source)
+    ]
