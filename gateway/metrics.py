@@ -108,7 +108,8 @@ class Metrics:
     """One app's registry: HTTP counters, webhook outcomes, the queue collector."""
 
     def __init__(self, settings: Settings, keys: Keys, sources: Mapping[str, Any]) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
+        # auto_describe would run the queue collector (read Redis) at registration, in create_app
+        self.registry = CollectorRegistry(auto_describe=False)
         self.sources = frozenset(sources)
         self.requests = Counter(
             "gateway_http_requests",
