@@ -8,6 +8,7 @@ import hmac
 import json
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.embedded import free_port
 from gateway.main import create_app
+from tasks.deliveries import add_delivery
 from tasks.keys import Keys
+from tasks.protocol import task_message
 from tasks.queues import QUEUES
 from tests.conftest import AUTH, make_settings, wait_for
 from tests.gateway.test_redis_down import silent_server  # noqa: F401 (a fixture)
@@ -139,6 +142,10 @@ def test_webhook_outcomes_are_counted_by_configured_source(hooks: TestClient) ->
         return value(after, name, **labels) - value(before, name, **labels)
 
     assert moved(source="gh", outcome="accepted") == 1
+    # the accepted event waits on the webhooks queue, dated by the event's received_at
+    assert value(after, "gateway_queue_depth", queue="webhooks") == 1
+    event_age = after.get(("gateway_queue_oldest_age_seconds", frozenset({("queue", "webhooks")})))
+    assert event_age is not None and 0 <= event_age < 30
     assert moved(source="gh", outcome="duplicate") == 1
     assert moved(source="gh", outcome="bad_signature") == 3
     # a source that is not configured never becomes a label of its own
@@ -225,3 +232,31 @@ def test_metrics_can_be_turned_off(quiet_redis_url: str, prefix: str) -> None:
 
 def test_metrics_is_not_in_the_openapi_document(client: TestClient) -> None:
     assert "/metrics" not in client.get("/openapi.json").json()["paths"]
+
+
+def iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).isoformat()
+
+
+def test_oldest_age_is_read_from_the_record_of_the_oldest_message(
+    client: TestClient, quiet_redis: redis.Redis, prefix: str
+) -> None:
+    keys = Keys(prefix)
+    pipe = quiet_redis.pipeline()
+    delivery = add_delivery(
+        pipe, keys, url="https://example.com/h", body={}, parent="job:x", owner="o",
+        max_attempts=3, ttl=600,
+    )  # fmt: skip
+    pipe.execute()
+    quiet_redis.hset(keys.delivery(delivery), "created_at", iso(time.time() - 60))
+    age = value(scrape(client), "gateway_queue_oldest_age_seconds", queue="callbacks")
+    assert 60 <= age < 90
+    # a retried delivery waits from its due time, not from its creation
+    quiet_redis.hset(keys.delivery(delivery), "next_attempt_at", iso(time.time() - 5))
+    age = value(scrape(client), "gateway_queue_oldest_age_seconds", queue="callbacks")
+    assert 5 <= age < 30
+    # a plain task has no record to date it by: counted, not aged
+    quiet_redis.lpush("default", task_message("tasks.add", "plain-1", "default", [1, 2]))
+    samples = scrape(client)
+    assert value(samples, "gateway_queue_depth", queue="default") == 1
+    assert ("gateway_queue_oldest_age_seconds", frozenset({("queue", "default")})) not in samples
