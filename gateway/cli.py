@@ -194,7 +194,7 @@ def print_status() -> int:
         print(f"(+{state.workers_alive['unknown']} worker(s) that do not say their queues)")
     lag = _duration(state.schedule_lag_seconds)
     print(f"scheduled: {state.scheduled} (earliest due entry {lag} late)")
-    dead = sum(state.dead_letters.values())
+    dead = state.dead_letters_total
     kinds = ", ".join(f"{k} {n}" for k, n in sorted(state.dead_letters.items()) if n)
     print(f"dead letters: {dead}" + (f" ({kinds})" if kinds else ""))
     return 0

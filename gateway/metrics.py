@@ -21,13 +21,13 @@ from typing import Any
 
 import anyio
 import redis
+from fastapi.routing import APIRoute
 from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from core.settings import Settings
@@ -167,9 +167,12 @@ class Metrics:
         body = await anyio.to_thread.run_sync(generate_latest, self.registry)
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 
-    def route(self) -> Route:
+    def route(self) -> APIRoute:
         """GET /metrics, kept out of the OpenAPI document (it is not the API)."""
-        return Route("/metrics", self.page, methods=["GET"], include_in_schema=False)
+        # an APIRoute: FastAPI's router puts only those in scope["route"], what HttpMetrics reads
+        return APIRoute(
+            "/metrics", self.page, methods=["GET"], include_in_schema=False, response_class=Response
+        )
 
     def close(self) -> None:
         """Close the scrape's Redis connections."""
@@ -198,7 +201,7 @@ class HttpMetrics:
         try:
             await self.app(scope, receive, send_status)
         finally:
-            route = scope.get("route")  # set by the router on a (full or partial) match
+            route = scope.get("route")  # set by FastAPI's router on a match of an APIRoute
             template = getattr(route, "path", None) or UNMATCHED
             self.metrics.observe(template, scope["method"], status, time.perf_counter() - start)
 

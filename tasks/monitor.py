@@ -18,7 +18,7 @@ How each figure is read:
   and the lag is how far in the past it is (0 if not yet due): movers keep it near 0.
 - dead letters by kind: a per-kind count kept next to the dead-letter set in the same
   transactions that add or replay one (Keys.dead_letter_counts), since counting members of the
-  set by kind would read every member's record.
+  set by kind would read every member's record (ZCARD gives the total, counted or not).
 - workers alive: each worker process's liveness key (tasks/liveness.py) holds the queues it
   consumes, and lives only while the worker renews it: SMEMBERS of the consumer registry, then
   one MGET.
@@ -66,6 +66,7 @@ class Snapshot:
     scheduled: int
     schedule_lag_seconds: float
     dead_letters: dict[str, int] = field(default_factory=dict)
+    dead_letters_total: int = 0  # ZCARD of the set: includes any from before the counts were kept
     workers_alive: dict[str, int] = field(default_factory=dict)
     taken_at: float = 0.0
 
@@ -122,12 +123,13 @@ def snapshot(client: redis.Redis, keys: Keys, *, in_flight: bool = False) -> Sna
     pipe.zcard(keys.schedule)
     pipe.zrange(keys.schedule, 0, 0, withscores=True)
     pipe.hgetall(keys.dead_letter_counts)
+    pipe.zcard(keys.dead_letters)
     pipe.smembers(consumers.registry)
     first = pipe.execute()
     now = time.time()
     depths = first[0 : 2 * len(QUEUES) : 2]
     oldest = first[1 : 2 * len(QUEUES) : 2]
-    scheduled, earliest, dead_raw, registry = first[2 * len(QUEUES) :]
+    scheduled, earliest, dead_raw, dead_total, registry = first[2 * len(QUEUES) :]
     members = sorted(_text(m) for m in registry)
 
     records = [_record_of(keys, message) if message else None for message in oldest]
@@ -157,7 +159,7 @@ def snapshot(client: redis.Redis, keys: Keys, *, in_flight: bool = False) -> Sna
         QueueState(q, int(d), a, workers.get(q, 0), held.get(q, 0) if in_flight else None)
         for q, d, a in zip(QUEUES, depths, ages, strict=True)
     ]
-    return Snapshot(queues, int(scheduled), lag, dead, workers, now)
+    return Snapshot(queues, int(scheduled), lag, dead, int(dead_total), workers, now)
 
 
 def _in_flight(

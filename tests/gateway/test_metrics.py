@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -260,3 +261,25 @@ def test_oldest_age_is_read_from_the_record_of_the_oldest_message(
     samples = scrape(client)
     assert value(samples, "gateway_queue_depth", queue="default") == 1
     assert ("gateway_queue_oldest_age_seconds", frozenset({("queue", "default")})) not in samples
+
+
+def test_a_request_that_raises_is_counted_as_the_500_it_answers(
+    quiet_redis_url: str, prefix: str
+) -> None:
+    async def broken(thing: str) -> Any:
+        raise RuntimeError(f"a bug in {thing}")
+
+    app = create_app(make_settings(quiet_redis_url, prefix))
+    app.add_api_route("/v1/broken/{thing}", broken)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        assert client.get("/v1/broken/x").status_code == 500
+        samples = scrape(client)
+    labels = {"route": "/v1/broken/{thing}", "method": "GET", "status": "500"}
+    assert value(samples, "gateway_http_requests_total", **labels) == 1
+
+
+def test_scrapes_are_counted_under_their_own_route(client: TestClient) -> None:
+    scrape(client)
+    samples = scrape(client)
+    labels = {"route": "/metrics", "method": "GET", "status": "200"}
+    assert value(samples, "gateway_http_requests_total", **labels) >= 1
