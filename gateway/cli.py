@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
+import tempfile
 import time
 
 from tasks.queues import QUEUES, THREADS_SWITCH_INTERVAL, WORKER_PROFILES
 
+# prometheus-client's multiprocess mode (gateway/metrics.py)
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # Beat ticks at least every 5 s (tasks/beat.py MAX_TICK_SECONDS); six missed ticks is stuck.
 BEAT_STALE_SECONDS = 30.0
 
@@ -51,15 +55,31 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_api(host: str, port: int, workers: int = 1) -> int:
     """Serve the API with uvicorn."""
-    import uvicorn
-
     from core.settings import get_settings
     from gateway.dev import announce_dev_key, check_bind
-    from gateway.http_limits import LimitedHttpToolsProtocol
 
     settings = get_settings()
     check_bind(settings, host)
     announce_dev_key(settings, "gateway api")
+    shared = None
+    if workers > 1 and MULTIPROC_ENV not in os.environ:
+        # each process would count only its own requests and a scrape reach one of them:
+        # prometheus-client's multiprocess mode shares the counts through files in a directory of
+        # this run's own (read before the processes start, so set here)
+        shared = tempfile.mkdtemp(prefix="gateway-metrics-")
+        os.environ[MULTIPROC_ENV] = shared
+    try:
+        _serve(host, port, workers)
+    finally:
+        if shared:
+            shutil.rmtree(shared, ignore_errors=True)
+    return 0
+
+
+def _serve(host: str, port: int, workers: int) -> None:
+    import uvicorn
+
+    from gateway.http_limits import LimitedHttpToolsProtocol
 
     uvicorn.run(
         "gateway.main:create_app",
@@ -73,7 +93,6 @@ def run_api(host: str, port: int, workers: int = 1) -> int:
         proxy_headers=False,
         log_level="info",
     )
-    return 0
 
 
 def run_worker(queues: list[str], pool: str | None, concurrency: int | None, loglevel: str) -> int:

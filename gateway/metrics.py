@@ -8,13 +8,15 @@ binds it to loopback by default) or set METRICS_ENABLED=false to take the route 
 Labels are bounded by construction: the route is the matched route's template ("unmatched" when
 none matched), the method one of a fixed set, the webhook source a configured one or "unknown",
 the outcome one of the error codes our code raises. Each app has a registry of its own, so tests
-can build several apps in one process; with `gateway api --workers N` each process counts its
-own requests and a scrape sees one of them (run one API process per scrape target).
+can build several apps in one process. Under `gateway api --workers N` the processes share their
+counts through prometheus-client's multiprocess mode (gateway/cli.py sets its directory), so a
+scrape answered by any of them sees all of them.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -25,6 +27,7 @@ from fastapi.routing import APIRoute
 from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from starlette.requests import Request
 from starlette.responses import Response
@@ -130,7 +133,6 @@ class Metrics:
             ["source", "outcome"],
             registry=self.registry,
         )
-        ProcessCollector(registry=self.registry)
         timeout = settings.metrics_redis_timeout_seconds
         self.client = redis.Redis.from_url(
             settings.redis_address,
@@ -138,7 +140,15 @@ class Metrics:
             socket_connect_timeout=timeout,
             retry_on_timeout=False,
         )
-        self.registry.register(QueueCollector(self.client, keys))
+        # what a scrape reads: this process's registry, or under `gateway api --workers N` every
+        # process's counts from the files prometheus-client keeps in PROMETHEUS_MULTIPROC_DIR
+        self.exposed = self.registry
+        if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+            self.exposed = CollectorRegistry(auto_describe=False)
+            MultiProcessCollector(self.exposed)  # type: ignore[no-untyped-call]
+        else:
+            ProcessCollector(registry=self.registry)
+        self.exposed.register(QueueCollector(self.client, keys))
         # label children by key: .labels() costs a lock and a tuple build per call
         self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
@@ -164,7 +174,7 @@ class Metrics:
 
     async def page(self, _: Request) -> Response:
         """The exposition, built off the event loop (the queue collector reads Redis, blocking)."""
-        body = await anyio.to_thread.run_sync(generate_latest, self.registry)
+        body = await anyio.to_thread.run_sync(generate_latest, self.exposed)
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     def route(self) -> APIRoute:

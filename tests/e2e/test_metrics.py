@@ -182,3 +182,25 @@ def test_metrics_page_carries_no_secret(stack: Stack) -> None:
     page = httpx.get(f"{stack.base}/metrics").text
     assert AUTH["Authorization"].split()[1] not in page
     assert stack.prefix not in page
+
+
+def test_an_api_of_several_processes_counts_every_request_in_every_scrape(stack: Stack) -> None:
+    port = free_port()
+    proc = stack.procs.start(["api", "--port", str(port), "--workers", "2"], stack.env())
+    base = f"http://127.0.0.1:{port}"
+    wait_for(lambda: api_ready(base), timeout=60)
+    n = 40
+    for _ in range(n):  # a connection each: the kernel spreads them over the processes
+        assert httpx.get(f"{base}/healthz", timeout=5).status_code == 200
+    labels = frozenset({("route", "/healthz"), ("method", "GET"), ("status", "200")})
+    for _ in range(6):  # whichever process answers the scrape, it reports all of them
+        page = httpx.get(f"{base}/metrics", timeout=5)
+        samples = {
+            (s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(page.text)
+            for s in family.samples
+        }
+        assert samples[("gateway_http_requests_total", labels)] == n
+        assert samples[("gateway_redis_up", frozenset())] == 1
+    proc.terminate()
+    proc.wait(20)
