@@ -109,7 +109,7 @@ def test_a_backlog_shows_in_the_scrape_and_in_gateway_status(stack: Stack) -> No
     before = stack.scrape()
     ids = [post_job(stack, "email", EMAIL_JOB) for _ in range(n)]
     samples = stack.scrape()
-    posted = ("gateway_http_requests_total", "/v1/jobs/{kind}", "POST", "202")
+    posted = ("gateway_http_requests_total", "/v1/jobs/email", "POST", "202")
     key = (
         posted[0],
         frozenset({("route", posted[1]), ("method", posted[2]), ("status", posted[3])}),

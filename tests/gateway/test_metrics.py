@@ -94,12 +94,12 @@ def test_requests_are_counted_by_route_template_never_by_raw_path(client: TestCl
         return value(after, name, **labels) - value(before, name, **labels)
 
     total = "gateway_http_requests_total"
-    assert moved(total, route="/v1/jobs/{kind}", method="POST", status="202") == 7
+    assert moved(total, route="/v1/jobs/echo", method="POST", status="202") == 7
     assert moved(total, route="/v1/jobs/{job_id}", method="GET", status="200") == 3
     assert moved(total, route="/v1/jobs/{job_id}", method="GET", status="404") == 1
     assert moved(total, route="unmatched", method="GET", status="404") == 1
     hist = "gateway_http_request_duration_seconds_count"
-    assert moved(hist, route="/v1/jobs/{kind}") == 7
+    assert moved(hist, route="/v1/jobs/echo") == 7
     assert moved(hist, route="/v1/jobs/{job_id}") == 4
     page = client.get("/metrics").text
     for job_id in ids:
