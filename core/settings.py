@@ -157,6 +157,13 @@ class Settings(BaseSettings):
     # protocol has no limit of its own).
     max_header_bytes: int = Field(default=32 * 1024, ge=1024)
 
+    # GET /metrics on the API's own port, open like most exporters (gateway/metrics.py: counts
+    # and route templates only, no ids or payloads); false: no route, no per-request counting.
+    metrics_enabled: bool = True
+    # A scrape reads queue state from Redis with this timeout: Redis down is `gateway_redis_up 0`
+    # within about this long, never a hung or failed scrape.
+    metrics_redis_timeout_seconds: float = Field(default=0.5, gt=0)
+
     @field_validator(
         "api_keys",
         "signing_secrets",

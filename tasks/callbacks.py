@@ -82,6 +82,7 @@ def run_delivery(delivery_id: str) -> str | None:
         writes.persist(key)
         writes.persist(k.delivery_attempts(delivery_id))
         writes.zadd(k.dead_letters, {f"delivery:{delivery_id}": time.time()})
+        writes.hincrby(k.dead_letter_counts, "callback")  # tasks/monitor.py
     else:
         writes.expire(key, ttl)
         writes.expire(k.delivery_attempts(delivery_id), ttl)

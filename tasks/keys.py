@@ -66,3 +66,8 @@ class Keys:
     def endpoints(self) -> str:
         """Sorted set: endpoint ids by creation time (epoch s). No TTL."""
         return f"{self.prefix}endpoints"
+
+    @property
+    def dead_letter_counts(self) -> str:
+        """Hash: dead letters by kind (job kind or 'callback'), kept with the set. No TTL."""
+        return f"{self.prefix}dead:counts"
