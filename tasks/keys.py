@@ -66,3 +66,19 @@ class Keys:
     def endpoints(self) -> str:
         """Sorted set: endpoint ids by creation time (epoch s). No TTL."""
         return f"{self.prefix}endpoints"
+
+    def endpoint_limit(self, endpoint_id: str, part: str) -> str:
+        """A delivery limit's state for one endpoint (tasks/endpoint_limits.py names each part).
+
+        inflight (zset, delivery id -> lease end), rate (string, GCRA arrival time), slots
+        (string, last wait slot handed out), probe (string, while a paused endpoint's probe is
+        not due): each expires on its own. sequence (zset, an ordered endpoint's undelivered ids
+        by acceptance), held (zset, ids held while disabled), parked / parked_order (hash + zset,
+        deliveries waiting out a pause): no TTL, emptied as deliveries go.
+        """
+        return f"{self.prefix}endpoint:{endpoint_id}:{part}"
+
+    @property
+    def counters(self) -> str:
+        """Hash: event counters by name ('endpoint.disabled'). No TTL."""
+        return f"{self.prefix}counters"
