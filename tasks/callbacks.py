@@ -135,10 +135,13 @@ def run_delivery(delivery_id: str) -> str | None:
 
 def _wait(delivery_id: str, g: Gate) -> None:
     """Put a delivery the gate held back into the schedule, due when it may go."""
+    s = get_settings()
     if g.reason in ("busy", "ordered", "in_flight"):
         # a slot frees at no known time: spread the re-checks so they do not come back together
-        spread = random.uniform(0, get_settings().endpoint_wait_seconds)
-        g = replace(g, due=g.due + spread)
+        g = replace(g, due=g.due + random.uniform(0, s.endpoint_wait_seconds))
+    elif g.reason == "paused":
+        # one of them takes the probe when it is due; a success brings the rest back at once
+        g = replace(g, due=g.due + random.uniform(0, s.endpoint_probe_interval_seconds))
     writes = Commands()
     endpoint_limits.defer(writes, keys(), delivery_id, g)
     loop.run(fast_redis().transaction(writes))

@@ -82,6 +82,11 @@ if e['status'] == '{_E.DISABLED}' then
   redis.call('ZADD', base .. ':held', 'NX', string.format('%.6f', now), id)
   return {{'held'}}
 end
+local probe = base .. ':probe'
+if e['status'] == '{_E.PAUSED}' then
+  local left = redis.call('PTTL', probe)
+  if left > 0 then return {{'wait', string.format('%.6f', now + left / 1000), 'paused', ep}} end
+end
 local inflight = base .. ':inflight'
 redis.call('ZREMRANGEBYSCORE', inflight, '-inf', now)
 local later = string.format('%.6f', now + num(ARGV[4], 1))
@@ -111,7 +116,6 @@ if rate > 0 then
   tat = tat + interval
 end
 if e['status'] == '{_E.PAUSED}' then
-  local probe = base .. ':probe'
   if not redis.call('SET', probe, id, 'NX', 'PX', ARGV[5]) then
     local left = math.max(redis.call('PTTL', probe), 0)
     return {{'wait', string.format('%.6f', now + left / 1000), 'paused', ep}}
