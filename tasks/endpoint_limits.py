@@ -21,8 +21,15 @@ go, unclaimed (no attempt counted), and its worker slot is free at once. The out
 (run in the attempt's final transaction) frees the lease, keeps the failure streak, pauses the
 endpoint after ENDPOINT_PAUSE_AFTER_FAILURES failures in a row, and disables it on a 410 Gone or
 after ENDPOINT_DISABLE_AFTER_SECONDS of continuous failure, writing the ``endpoint.disabled``
-event's deliveries in the same script. Keys are computed in the scripts from the endpoint id (fine
+event's deliveries in the same script (logged on one line and counted in ``Keys.counters``).
+Keys are computed in the scripts from the endpoint id (fine
 on one Redis; a Redis Cluster would need hash tags), named in tasks/keys.py ``endpoint_limit``.
+
+For the API's enable route: set the endpoint's ``status`` to enabled, ``disabled_reason``,
+``failing_since`` and ``failure_streak`` to "" / 0 (else its next failure disables it again at
+once), then ``await release_held(redis, keys, endpoint_id)`` (async, on the API's redis.asyncio
+client): every delivery held while it was disabled is queued, oldest first, each once. Deliveries
+parked by a pause need nothing: they come back by the next probe time at the latest.
 """
 
 from __future__ import annotations
@@ -92,8 +99,17 @@ redis.call('ZREMRANGEBYSCORE', inflight, '-inf', now)
 local later = string.format('%.6f', now + num(ARGV[4], 1))
 if redis.call('ZSCORE', inflight, id) then return {{'wait', later, 'in_flight', ep}} end
 if e['ordered'] == '1' then
-  local head = redis.call('ZRANGE', base .. ':sequence', 0, 0)[1]
-  if head and head ~= id then return {{'wait', later, 'ordered', ep}} end
+  -- a head that is gone (expired) or final without leaving the line would block it for good
+  local sequence = base .. ':sequence'
+  while true do
+    local head = redis.call('ZRANGE', sequence, 0, 0)[1]
+    if not head or head == id then break end
+    local hs = redis.call('HGET', ARGV[6] .. head, 'status')
+    if hs and not ({lua_is_any("hs", DELIVERY_FINAL)}) then
+      return {{'wait', later, 'ordered', ep}}
+    end
+    redis.call('ZREM', sequence, head)
+  end
 end
 if redis.call('ZCARD', inflight) >= num(e['max_in_flight'], 32) then
   return {{'wait', later, 'busy', ep}}
@@ -219,7 +235,8 @@ async def gate(
     probe_interval: float,
 ) -> Gate | None:
     """Claim delivery ``delivery_id`` if it may go now; None when it is unknown or final."""
-    args = [keys.endpoint(""), delivery_id, lease, wait, max(1, int(probe_interval * 1000))]
+    probe_ms = max(1, int(probe_interval * 1000))
+    args = [keys.endpoint(""), delivery_id, lease, wait, probe_ms, keys.delivery("")]
     raw = await conn.eval_script(_GATE.text, _GATE.sha, [keys.delivery(delivery_id)], args)
     if not raw:
         return None

@@ -160,6 +160,12 @@ def test_an_ordered_endpoint_lets_only_its_head_go(env: tuple[redis.Redis, Keys,
     assert [i.decode() for i in sequence] == ids  # acceptance order
     verdicts = [g.verdict if g else None for g in gate_all(url, keys, list(reversed(ids)))]
     assert verdicts == ["wait", "wait", "go"]
+    # a head that ended (or whose record is gone) without leaving the line does not block it
+    client.hset(keys.delivery(ids[0]), "status", "dead")
+    client.delete(keys.delivery(ids[1]))
+    [g] = gate_all(url, keys, [ids[2]])
+    assert g is not None and g.verdict == "go"
+    assert client.zrange(keys.endpoint_limit(endpoint_id, "sequence"), 0, -1) == [ids[2].encode()]
 
 
 def test_a_disabled_endpoint_holds_and_release_sends_in_order(
