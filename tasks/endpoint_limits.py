@@ -22,8 +22,10 @@ go, unclaimed (no attempt counted), and its worker slot is free at once. The out
 endpoint after ENDPOINT_PAUSE_AFTER_FAILURES failures in a row, and disables it on a 410 Gone or
 after ENDPOINT_DISABLE_AFTER_SECONDS of continuous failure, writing the ``endpoint.disabled``
 event's deliveries in the same script (logged on one line and counted in ``Keys.counters``).
-Keys are computed in the scripts from the endpoint id (fine
-on one Redis; a Redis Cluster would need hash tags), named in tasks/keys.py ``endpoint_limit``.
+Keys are computed in the scripts from the endpoint id (fine on one Redis; a Redis Cluster would
+need hash tags), named in tasks/keys.py ``endpoint_limit``. One piece on purpose (~360 lines,
+half of it Lua): the gate and the outcome read and write the same per-endpoint state, and each
+only makes sense beside the other.
 
 For the API's enable route: set the endpoint's ``status`` to enabled, ``disabled_reason``,
 ``failing_since`` and ``failure_streak`` to "" / 0 (else its next failure disables it again at
