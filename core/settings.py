@@ -171,6 +171,12 @@ class Settings(BaseSettings):
     # A scrape reads queue state from Redis with this timeout: Redis down is `gateway_redis_up 0`
     # within about this long, never a hung or failed scrape.
     metrics_redis_timeout_seconds: float = Field(default=0.5, gt=0)
+    # Observability. Log lines as JSON objects (one a line) or text; unset: json in production,
+    # text in dev (core/logs.py).
+    log_format: Literal["json", "text"] | None = None
+    # Each worker process serves Prometheus metrics on this port (0: off); `gateway dev` gives its
+    # workers this port plus the queue's index (tasks/metrics.py).
+    worker_metrics_port: int = Field(default=9100, ge=0, le=65535)
 
     @field_validator(
         "api_keys",
@@ -191,6 +197,12 @@ class Settings(BaseSettings):
                 "VISIBILITY_TIMEOUT_SECONDS must exceed the longest task time limit, or a running "
                 "task is delivered to a second worker"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _log_format_for_environment(self) -> Settings:
+        if self.log_format is None:
+            self.log_format = "json" if self.environment == "production" else "text"
         return self
 
     @model_validator(mode="after")

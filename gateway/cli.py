@@ -11,7 +11,7 @@ import time
 
 from tasks.queues import QUEUES, THREADS_SWITCH_INTERVAL, WORKER_PROFILES
 
-# prometheus-client's multiprocess mode (gateway/metrics.py)
+# prometheus-client's multiprocess mode (gateway/metrics.py, tasks/metrics.py)
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # Beat ticks at least every 5 s (tasks/beat.py MAX_TICK_SECONDS); six missed ticks is stuck.
 BEAT_STALE_SECONDS = 30.0
@@ -31,6 +31,11 @@ def main(argv: list[str] | None = None) -> int:
     worker.add_argument("--pool", choices=("loop", "threads", "prefork", "solo"))
     worker.add_argument("--concurrency", type=int)
     worker.add_argument("--loglevel", default="info")
+    worker.add_argument(
+        "--metrics-port",
+        type=int,
+        help="serve this worker's Prometheus metrics here (default WORKER_METRICS_PORT; 0: off)",
+    )
     beat = sub.add_parser("beat", help="the periodic scheduler")
     beat.add_argument(
         "--healthcheck",
@@ -44,7 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "api":
         return run_api(args.host, args.port, args.workers)
     if args.command == "worker":
-        return run_worker(args.queues, args.pool, args.concurrency, args.loglevel)
+        return run_worker(
+            args.queues, args.pool, args.concurrency, args.loglevel, args.metrics_port
+        )
     if args.command == "beat":
         return beat_healthcheck() if args.healthcheck else run_beat()
     from core.settings import get_settings
@@ -79,6 +86,7 @@ def run_api(host: str, port: int, workers: int = 1) -> int:
 def _serve(host: str, port: int, workers: int) -> None:
     import uvicorn
 
+    from core.logs import dict_config
     from gateway.http_limits import LimitedHttpToolsProtocol
 
     uvicorn.run(
@@ -92,15 +100,26 @@ def _serve(host: str, port: int, workers: int) -> None:
         access_log=False,
         proxy_headers=False,
         log_level="info",
+        # every uvicorn process logs through core/logs.py: LOG_FORMAT, secrets masked
+        log_config=dict_config("INFO"),
     )
 
 
-def run_worker(queues: list[str], pool: str | None, concurrency: int | None, loglevel: str) -> int:
+def run_worker(
+    queues: list[str],
+    pool: str | None,
+    concurrency: int | None,
+    loglevel: str,
+    metrics_port: int | None = None,
+) -> int:
     """Run a Celery worker on ``queues`` with the first queue's profile unless overridden."""
+    from core import logs
     from core.settings import get_settings
-    from tasks.app import app
 
-    if "email" in queues and get_settings().smtp_host is None:
+    settings = get_settings()
+    # before Celery, whose start-up warnings (e.g. running as root) would go out unformatted
+    logs.configure(loglevel.upper())
+    if "email" in queues and settings.smtp_host is None:
         raise SystemExit(
             "SMTP_HOST is unset: the email worker needs an SMTP server. Set SMTP_HOST (and "
             "SMTP_PORT, SMTP_TLS), or run `gateway dev`, which starts a local mail catcher"
@@ -108,6 +127,12 @@ def run_worker(queues: list[str], pool: str | None, concurrency: int | None, log
 
     default_pool, default_concurrency = WORKER_PROFILES[queues[0]]
     pool = pool or default_pool
+    metrics_port = settings.worker_metrics_port if metrics_port is None else metrics_port
+    if metrics_port and pool == "prefork":
+        _multiprocess_metrics_dir()
+    from tasks import metrics
+    from tasks.app import app
+
     if pool in ("threads", "loop"):
         # threads: hundreds of pool threads each hop on and off the GIL for every Redis round trip;
         # at the default 5 ms switch interval those hops, not the CPU, held an llm worker to ~100
@@ -119,8 +144,12 @@ def run_worker(queues: list[str], pool: str | None, concurrency: int | None, log
         app.conf.worker_pool = "tasks.pool:LoopPool"
         pool = "prefork"  # the CLI's default: it then takes app.conf.worker_pool
     concurrency = concurrency or default_concurrency or (os.cpu_count() or 1)
+    metrics.plan(metrics_port, queues, concurrency)
+    # JSON logs: no banner (plain text on stdout); the "ready" log line says the worker is up
+    quiet = ["--quiet"] if settings.log_format == "json" else []
     app.worker_main(
         [
+            *quiet,
             "worker",
             "--queues",
             ",".join(queues),
@@ -140,11 +169,25 @@ def run_worker(queues: list[str], pool: str | None, concurrency: int | None, log
     return 0
 
 
+def _multiprocess_metrics_dir() -> None:
+    """Prefork children count into files of this worker's own directory (tasks/metrics.py).
+
+    Set before anything imports prometheus_client, which reads it once; removed at exit.
+    """
+    import atexit
+
+    path = tempfile.mkdtemp(prefix="gateway-metrics-")
+    os.environ[MULTIPROC_ENV] = path
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+
+
 def run_beat() -> int:
     """Run Celery beat (periodic jobs), keeping its state under the data directory."""
+    from core import logs
     from core.settings import get_settings
     from tasks.app import app
 
+    logs.configure("INFO")
     data_dir = get_settings().data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
     # the healthcheck's reference point: a beat that has not ticked yet is starting, not stuck
@@ -152,8 +195,11 @@ def run_beat() -> int:
     from tasks.periodic import beat_schedule
 
     app.conf.beat_schedule = beat_schedule()
+    # JSON logs: no banner (plain text on stdout)
+    quiet = ["--quiet"] if get_settings().log_format == "json" else []
     app.start(
         [
+            *quiet,
             "beat",
             "--loglevel",
             "info",

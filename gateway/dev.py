@@ -95,11 +95,20 @@ def kill_group(pid: int) -> None:
         os.killpg(pid, signal.SIGKILL)
 
 
-def children_for(host: str, port: int) -> list[Child]:
-    """The API, one worker per queue and beat, as `gateway` commands."""
+def children_for(host: str, port: int, metrics_port: int = 0) -> list[Child]:
+    """The API, one worker per queue and beat, as `gateway` commands.
+
+    Worker i serves its metrics on ``metrics_port`` + i (0: off): one machine, one port each.
+    """
     me = [sys.executable, "-m", "gateway.cli"]
     children = [Child("api", [*me, "api", "--host", host, "--port", str(port)])]
-    children += [Child(f"worker {queue}", [*me, "worker", queue]) for queue in QUEUES]
+    children += [
+        Child(
+            f"worker {queue}",
+            [*me, "worker", queue, "--metrics-port", str(metrics_port and metrics_port + i)],
+        )
+        for i, queue in enumerate(QUEUES)
+    ]
     children.append(Child("beat", [*me, "beat"]))
     return children
 
@@ -135,7 +144,7 @@ def run_dev(host: str, port: int, settings: Settings) -> int:
                 f"messages saved under {catcher.directory}",
                 flush=True,
             )
-        children = children_for(host, port)
+        children = children_for(host, port, settings.worker_metrics_port)
         for child in children:
             child.start(env)
         print(f"gateway dev: API on http://{host}:{port}, {len(QUEUES)} workers, beat", flush=True)

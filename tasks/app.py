@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-import logging
+import os
 from typing import Any
 
 from celery import Celery, signals
 from kombu.entity import Queue
 
+from core import logs
 from core.settings import get_settings
-from tasks.queues import DEFAULT, FILES, QUEUES, ROUTES
+from tasks import metrics
+from tasks.queues import DEFAULT, FILES, QUEUES, ROUTES, queue_for
 
 
 def create_celery() -> Celery:
@@ -98,12 +100,37 @@ def _stop_liveness(**_: Any) -> None:
     liveness.stop()
 
 
-@signals.after_setup_logger.connect
-def _quiet_http_client_logs(**_: Any) -> None:
-    """httpx logs every request's full URL at INFO: a callback URL may carry its secret (Slack-style
-    webhook URLs do), and secrets never reach the logs. Our own code logs URLs redacted."""
-    for name in ("httpx", "httpcore"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+@signals.setup_logging.connect
+def _setup_logging(loglevel: int | str | None = None, **_: Any) -> None:
+    """Our log lines instead of Celery's (Celery configures nothing once this is connected):
+    LOG_FORMAT, the ids of the work in play, secrets masked (core/logs.py). Worker and beat."""
+    logs.configure(loglevel or "INFO")
+
+
+@signals.task_prerun.connect
+def _task_started(task: Any = None, **_: Any) -> None:
+    logs.clear()  # nothing bound by the thread's previous task
+    metrics.task_started(queue_for(task.name) if task is not None else DEFAULT)
+
+
+@signals.task_postrun.connect
+def _task_ended(task: Any = None, **_: Any) -> None:
+    """After Celery's own line about the task: its ids are not carried into the next one."""
+    metrics.task_ended(queue_for(task.name) if task is not None else DEFAULT)
+    logs.clear()
+
+
+@signals.worker_ready.connect
+def _serve_metrics(**_: Any) -> None:
+    """Serve this worker's metrics once it consumes (`gateway worker --metrics-port`)."""
+    if metrics.planned is not None:
+        metrics.serve(*metrics.planned)
+
+
+@signals.worker_process_shutdown.connect
+def _forget_child(pid: int | None = None, **_: Any) -> None:
+    """A prefork child's live gauges (in flight) stop counting when it exits."""
+    metrics.child_exited(pid or os.getpid())
 
 
 app = create_celery()

@@ -20,12 +20,13 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
+from core import logs
 from core.retry import policy_for
 from core.settings import get_settings
 from core.statuses import DELIVERY_DEAD_LETTER, DELIVERY_FINAL, DeliveryStatus
 from handlers.delivery import Attempt, deliver
 from handlers.signing import standard_webhooks_key
-from tasks import endpoint_limits, loop
+from tasks import endpoint_limits, loop, metrics
 from tasks.app import app
 from tasks.clients import get_clients
 from tasks.deliveries import CALLBACK_POLICY, DELIVER_TASK, attempt_record
@@ -84,6 +85,7 @@ def run_delivery(delivery_id: str) -> str | None:
     assert g.record is not None
     record = g.record
     number = int(record["attempts"])
+    logs.bind(delivery_id=delivery_id, attempt=number, queue=CALLBACKS, parent=record["parent"])
     body = str(record["body"]).encode()
     # the process's one guarded client (tasks/clients.py), shared with attachment fetches
     client = get_clients().outbound
@@ -131,6 +133,8 @@ def run_delivery(delivery_id: str) -> str | None:
     replies = loop.run(fast_redis().transaction(writes))
     if reason and replies and replies[-1] == b"disabled":
         endpoint_limits.log_disabled(g.endpoint.id if g.endpoint else "", reason)
+    url = g.endpoint.url if g.endpoint else record["url"]
+    metrics.delivery_done(url, status, outcome.status_code, outcome.latency_ms, outcome.error)
     return status
 
 

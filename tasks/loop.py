@@ -65,6 +65,9 @@ async def greenlet_spawn(fn: Callable[..., T], *args: Any, time_limit: float | N
     interrupted, it meets the limit at its next wait.
     """
     task = _TaskGreenlet(fn, getcurrent())
+    # one context for the task and the coroutines it waits on (run here, in this asyncio task's):
+    # what the task binds, its log ids above all (core/logs.py), is seen while they run too
+    task.gr_context = getcurrent().gr_context
     deadline = None if time_limit is None else asyncio.get_running_loop().time() + time_limit
     handed: Any = task.switch(*args)
     while not task.dead:

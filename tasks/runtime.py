@@ -20,13 +20,14 @@ import redis
 from celery.exceptions import Reject
 from pydantic import BaseModel, ValidationError
 
+from core import logs
 from core.kinds import KINDS, Kind
 from core.retry import policy_for
 from core.settings import get_settings
 from core.statuses import JOB_DEAD_LETTER, JobStatus
 from core.validation import error_record, summary
 from handlers.errors import PermanentError, TransientError
-from tasks import loop
+from tasks import loop, metrics
 from tasks.claims import JOB_CLAIM, claim
 from tasks.context import JobContext
 from tasks.deliveries import CALLBACK_POLICY, add_delivery, job_event
@@ -111,6 +112,8 @@ def run_job(job_id: str) -> str | None:
         log.info("job %s is unknown or already final; message dropped", job_id)
         return None
     job = decode(fields)
+    logs.bind(job_id=job_id, kind=job["kind"], attempt=int(job["attempts"]), queue=_queue(job))
+    metrics.job_claimed(job)
     kind = KINDS.get(job["kind"])
     if kind is None:
         error = error_record("unknown_kind", f"no kind {job['kind']!r}")
@@ -164,6 +167,7 @@ def _retry(job: dict[str, Any], kind: Kind, delay: float, error: dict[str, str])
         error["code"],
         delay,
     )
+    metrics.job_retried(job)
     return JobStatus.RETRYING
 
 
@@ -200,4 +204,10 @@ def _finish(
     else:
         writes.expire(key, get_settings().job_ttl_seconds)
     loop.run(fast_redis().transaction(writes))
+    metrics.job_finished(job, status, error)
     return status
+
+
+def _queue(job: dict[str, Any]) -> str | None:
+    kind = KINDS.get(job["kind"])
+    return queue_for(kind.task) if kind else None

@@ -19,6 +19,7 @@ from typing import Any
 import redis
 from pydantic import ValidationError
 
+from core import logs
 from core.configs import outbound_policy
 from core.retry import default_policy, policy_for
 from core.settings import get_settings
@@ -180,5 +181,6 @@ def _retry_or_fail(event: dict[str, Any], exc: Exception) -> str:
 @app.task(name=PROCESS_TASK)  # type: ignore[untyped-decorator]
 def process(event_id: str) -> str | None:
     """Thin task: route one inbound event."""
+    logs.bind(event_id=event_id, queue=WEBHOOKS)
     with requeued_if_redis_fails():
         return process_event(event_id)
