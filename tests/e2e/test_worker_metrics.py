@@ -144,6 +144,23 @@ def test_job_counters_move_by_the_jobs_run(api: TestClient, stack: dict[str, Any
     assert value(after, "gateway_in_flight", queue="default") == 0
 
 
+def test_in_flight_counts_the_jobs_running_now(api: TestClient, stack: dict[str, Any]) -> None:
+    port = stack["ports"]["default"]
+    ids = [
+        api.post("/v1/jobs/echo", json={"sleep_ms": 3000}, headers=AUTH).json()["id"]
+        for _ in range(2)
+    ]
+    wait_for(lambda: value(scrape(port), "gateway_in_flight", queue="default") == 2, timeout=10)
+    for job_id in ids:
+        wait_for(
+            lambda job_id=job_id: (
+                api.get(f"/v1/jobs/{job_id}", headers=AUTH).json()["status"] == "succeeded"
+            ),
+            timeout=20,
+        )
+    wait_for(lambda: value(scrape(port), "gateway_in_flight", queue="default") == 0, timeout=10)
+
+
 def test_delivery_counters_by_outcome_status_class_and_bounded_host(
     api: TestClient, stack: dict[str, Any]
 ) -> None:
