@@ -33,6 +33,9 @@ MASK = "***"
 MIN_SECRET_LENGTH = 6
 
 _ids: ContextVar[dict[str, Any] | None] = ContextVar("gateway_log_ids", default=None)
+# Celery's "Task <name>[<id>] received" is logged on the consumer thread, before a claim binds
+# anything; the task id there is the job's, delivery's or event's own id (tasks/protocol.py)
+_TASK_ID_FIELD = {"jobs": "job_id", "callbacks": "delivery_id", "webhooks": "event_id"}
 
 # scheme://[userinfo@]host/path[?query][#fragment]; quotes and brackets end a URL inside a repr
 _URL = re.compile(
@@ -104,7 +107,7 @@ class GatewayFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         """The record as one scrubbed line."""
-        ids = _ids.get()
+        ids = _ids.get() or _celery_task_ids(record)
         if not self.json:
             line = super().format(record)
             if ids:
@@ -126,6 +129,14 @@ class GatewayFormatter(logging.Formatter):
         elif record.exc_text:
             doc["exception"] = self.scrub(record.exc_text)
         return orjson.dumps(doc, default=str).decode()
+
+
+def _celery_task_ids(record: logging.LogRecord) -> dict[str, Any] | None:
+    data = getattr(record, "data", None)  # Celery passes its task lines' context as extra
+    if not isinstance(data, dict) or "id" not in data or "name" not in data:
+        return None
+    field = _TASK_ID_FIELD.get(str(data["name"]).partition(".")[0])
+    return {field: data["id"]} if field else None
 
 
 def settings_formatter() -> GatewayFormatter:

@@ -125,3 +125,18 @@ def test_ids_bound_in_one_thread_are_not_seen_in_another() -> None:
     thread.start()
     thread.join()
     assert seen == [{}]
+
+
+@pytest.mark.parametrize(
+    ("task", "field"),
+    [
+        ("jobs.echo", "job_id"),
+        ("callbacks.deliver", "delivery_id"),
+        ("webhooks.process", "event_id"),
+    ],
+)
+def test_celerys_received_line_carries_its_tasks_own_id(task: str, field: str) -> None:
+    line = record("Task %(name)s[%(id)s] received", {"name": task, "id": "x1"})
+    line.data = {"id": "x1", "name": task}  # Celery's extra
+
+    assert json.loads(logs.GatewayFormatter("json").format(line))[field] == "x1"
