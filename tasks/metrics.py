@@ -42,7 +42,6 @@ from prometheus_client import (
     start_http_server,
 )
 from prometheus_client import multiprocess as _multiprocess
-from prometheus_client.registry import REGISTRY
 
 from core.kinds import KINDS
 from core.logs import redact_url
@@ -64,7 +63,8 @@ WAIT_BUCKETS = (*RUN_BUCKETS[:-1], 1800, 3600, 4 * 3600, 12 * 3600, 24 * 3600)
 disable_created_metrics()  # type: ignore[no-untyped-call]
 MULTIPROCESS = bool(os.environ.get(MULTIPROC_ENV))
 # a registry of our own: the API process imports tasks/ too, and must not show workers' series
-registry = REGISTRY if MULTIPROCESS else CollectorRegistry(auto_describe=True)
+# (in multiprocess mode the values live in files whatever the registry)
+registry = CollectorRegistry(auto_describe=True)
 if not MULTIPROCESS:
     ProcessCollector(registry=registry)
 
@@ -119,11 +119,6 @@ POOL_SLOTS = Gauge(
     multiprocess_mode="livemax",
     registry=registry,
 )
-
-# series at 0 from the start: a rate over a counter that appears late misses its first increase
-for _kind in KINDS:
-    for _outcome in JOB_OUTCOMES:
-        JOBS.labels(_kind, _outcome)
 
 # (port, queues, slots) `gateway worker` asks `serve` for once the worker is ready
 planned: tuple[int, list[str], int] | None = None
@@ -222,6 +217,11 @@ def plan(port: int, queues: list[str], slots: int) -> None:
 
 def serve(port: int, queues: list[str], slots: int) -> None:
     """Serve this worker's metrics on ``port`` (0: off); a taken port is logged, not fatal."""
+    # series at 0 from the start (in workers only: the API imports this module too): a rate over
+    # a counter that appears late misses its first increase
+    for kind in KINDS:
+        for outcome in JOB_OUTCOMES:
+            JOBS.labels(kind, outcome)
     for queue in queues:
         POOL_SLOTS.labels(queue).set(slots)
         IN_FLIGHT.labels(queue)
