@@ -16,6 +16,9 @@ Ports: WORKER_METRICS_PORT (default 9100; 0: off), or `gateway worker --metrics-
 runs one worker per queue on one machine and gives worker i the port plus i (9100-9105). A port
 already taken is logged and that worker runs without metrics rather than not at all.
 
+One module: the series, the hooks that move them and the server that shows them are one idea,
+what a worker exports (about 270 lines).
+
 Labels are bounded: kinds, queues, outcomes and status classes are fixed sets, and the destination
 host of a delivery is one of the first `TOP_HOSTS` hosts this process delivered to, every later
 one `other`, so callers naming ever new hosts cannot grow the series without end.
@@ -231,13 +234,42 @@ def serve(port: int, queues: list[str], slots: int) -> None:
     if MULTIPROCESS:
         # the parent sums what its children wrote (their files), not its own registry
         served = CollectorRegistry()
-        _multiprocess.MultiProcessCollector(served)  # type: ignore[no-untyped-call]
+        served.register(_LiveChildren())
     try:
         start_http_server(port, registry=served)
     except OSError as exc:
         log.warning("metrics: cannot listen on port %s (%s); this worker runs without", port, exc)
         return
     log.info("metrics: serving Prometheus text on port %s", port)
+
+
+class _LiveChildren:
+    """The children's files, summed at each scrape, after forgetting the live gauges of children
+    that are gone: a child killed mid-task (SIGKILL, OOM) never says so, and its in-flight count
+    would stay up for good."""
+
+    def __init__(self) -> None:
+        self.path = os.environ[MULTIPROC_ENV]
+        self.files = _multiprocess.MultiProcessCollector(None, self.path)  # type: ignore[no-untyped-call]
+
+    def collect(self) -> Any:
+        """Prune dead children's live gauges, then the sum of every file."""
+        for name in os.listdir(self.path):
+            if name.startswith("gauge_live"):
+                pid = int(name.rsplit("_", 1)[1].removesuffix(".db"))
+                if not _alive(pid):
+                    child_exited(pid)
+        return self.files.collect()  # type: ignore[no-untyped-call]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def child_exited(pid: int) -> None:

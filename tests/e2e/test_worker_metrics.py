@@ -3,8 +3,12 @@ in each pool (threads, the loop pool's callbacks, prefork children summed by the
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -227,6 +231,18 @@ def test_prefork_children_are_counted_by_their_parent(
             return after if done == 12 else None
 
         after = wait_for(seen, timeout=10)
+
+        # a child killed mid-task never says so: its in-flight count goes with it all the same
+        with TestClient(create_app(make_settings(url, prefix))) as api:
+            api.post("/v1/jobs/echo", json={"sleep_ms": 3000}, headers=AUTH)
+        wait_for(lambda: value(scrape(port), "gateway_in_flight", queue="default") == 1, timeout=10)
+        worker_pid = procs.children[0][0].pid
+        children = Path(f"/proc/{worker_pid}/task/{worker_pid}/children").read_text().split()
+        for child in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(child), signal.SIGKILL)
+        # (the job goes back and runs again on a new child: in flight once more, then done)
+        wait_for(lambda: value(scrape(port), "gateway_in_flight", queue="default") == 0, timeout=30)
     finally:
         procs.stop()
     # the 12 runs happened in the two children; the parent serves their sum
