@@ -9,19 +9,22 @@ greenlet shares its context with the asyncio task that drives it (tasks/loop.py)
 it waits on (its handler) log with its ids too.
 
 Secrets: every line, in both formats, passes through `scrub`: the values of the secret settings
-are masked, and every URL loses its user info and its query string (a callback URL may carry a
-token, `https://host/cb?token=...`; a Redis URL a password), whoever logged it: our code, Celery,
-kombu, httpx or uvicorn.
+and of the inbound sources' secrets are masked, and every URL loses its user info and its query
+string (a callback URL may carry a token, `https://host/cb?token=...`; a Redis URL a password),
+whoever logged it: our code, Celery, kombu, httpx or uvicorn.
 """
 
 from __future__ import annotations
 
 import logging
 import logging.config
+import os
 import re
+import tomllib
 from collections.abc import Iterable
 from contextvars import ContextVar
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -148,8 +151,19 @@ def settings_formatter() -> GatewayFormatter:
 
 
 def secrets_of(settings: Any) -> list[str]:
-    """Every secret setting's value (API keys, signing secrets, SMTP password, LLM key)."""
-    return [value for _, value in settings.secret_values()]
+    """Every secret setting's value (API keys, signing secrets, SMTP password, LLM key), and the
+    inbound sources' secrets (the variables the sources file's ``secrets_env`` names)."""
+    values = [value for _, value in settings.secret_values()]
+    path = settings.webhook_sources_file
+    if path:
+        try:
+            sources = tomllib.loads(Path(path).read_text()).get("sources", {})
+        except (OSError, ValueError):
+            return values  # the sources loader says what is wrong with the file
+        for source in sources.values():
+            names = source.get("secrets_env", []) if isinstance(source, dict) else []
+            values += [os.environ[n] for n in names if isinstance(n, str) and os.environ.get(n)]
+    return values
 
 
 def dict_config(level: str | int = "INFO") -> dict[str, Any]:

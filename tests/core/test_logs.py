@@ -7,6 +7,7 @@ import json
 import logging
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from pydantic import SecretStr
@@ -140,3 +141,19 @@ def test_celerys_received_line_carries_its_tasks_own_id(task: str, field: str) -
     line.data = {"id": "x1", "name": task}  # Celery's extra
 
     assert json.loads(logs.GatewayFormatter("json").format(line))[field] == "x1"
+
+
+def test_inbound_sources_secrets_are_masked_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "sources.toml"
+    path.write_text('[sources.acme]\nscheme = "hmac"\nsecrets_env = ["E2E_ACME", "E2E_UNSET"]\n')
+    monkeypatch.setenv("E2E_ACME", "acme-source-secret")
+    monkeypatch.delenv("E2E_UNSET", raising=False)
+    settings = Settings(_env_file=None, webhook_sources_file=path)  # type: ignore[call-arg]
+
+    assert "acme-source-secret" in logs.secrets_of(settings)
+    line = logs.GatewayFormatter("json", logs.secrets_of(settings)).format(
+        record("sig check with %s", "acme-source-secret")
+    )
+    assert "acme-source-secret" not in line

@@ -9,6 +9,7 @@ import socket
 import threading
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import pytest
 import redis
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult
+from standardwebhooks.webhooks import Webhook
 
 from gateway.embedded import free_port
 from tests.conftest import Processes, api_ready, process_env, wait_for
@@ -108,7 +110,20 @@ PLANTED = {
     "smtp": "planted-smtp-password-88b2",
     "llm": "planted-llm-api-key-c40f",
     "url_token": "planted-url-token-1a6d",
+    # an inbound source's verification secret (whsec_ + this), named by the sources file
+    "source": base64.b64encode(b"planted-source-secret-93e7").decode(),
+    "source_raw": "planted-source-secret-93e7",
+    "forward_token": "planted-forward-token-2b8c",
 }
+SOURCES = """
+[sources.partner]
+scheme = "standard"
+secrets_env = ["E2E_PARTNER_SECRET"]
+
+[[sources.partner.routes]]
+events = ["*"]
+forward = ["{forward}"]
+"""
 FAST_RETRIES = json.dumps(
     {
         "callbacks": {"max_attempts": 2, "schedule": [0.2]},
@@ -178,8 +193,12 @@ def test_no_secret_reaches_any_log_line(
         RETRY_POLICIES=FAST_RETRIES,
     )
     env["API_KEYS"] = PLANTED["api_key"]
+    forward = f"http://127.0.0.1:{closed_port()}/fwd?token={PLANTED['forward_token']}"
+    sources = procs.tmp / "sources.toml"
+    sources.write_text(SOURCES.format(forward=forward))
+    env.update(WEBHOOK_SOURCES_FILE=str(sources), E2E_PARTNER_SECRET="whsec_" + PLANTED["source"])
     # debug: the most a worker ever logs
-    for queue in ("default", "callbacks", "email", "llm"):
+    for queue in ("default", "callbacks", "email", "llm", "webhooks"):
         procs.start(["worker", queue, "--concurrency", "2", "--loglevel", "debug"], env)
     port = free_port()
     procs.start(["api", "--port", str(port)], env)
@@ -206,6 +225,33 @@ def test_no_secret_reaches_any_log_line(
                 return found and found[0]["status"] == "dead"
 
             wait_for(dead_delivery, timeout=30)
+            # an inbound webhook, forwarded to a closed port; and one with a bad signature
+            body = json.dumps({"type": "thing.happened", "data": {}})
+            msg_id, now = f"msg_{uuid.uuid4().hex}", datetime.now(UTC)
+            signature = Webhook("whsec_" + PLANTED["source"]).sign(msg_id, now, body)
+            headers = {"webhook-id": msg_id, "webhook-timestamp": str(int(now.timestamp()))}
+            good = http.post(
+                "/v1/webhooks/partner",
+                content=body,
+                headers={
+                    **headers,
+                    "webhook-signature": signature,
+                    "content-type": "application/json",
+                },
+            )
+            assert good.status_code == 202, good.text
+            bad = http.post(
+                "/v1/webhooks/partner",
+                content=body,
+                headers={
+                    **headers,
+                    "webhook-signature": "v1,AAAA",
+                    "content-type": "application/json",
+                },
+            )
+            assert bad.status_code == 401
+            forward_failed = f"{forward.split('?')[0]}?*** dead"
+            wait_for(lambda: forward_failed in procs.logs(tail=None), timeout=30)
             # a wrong key, and the right one where no key is expected: nothing of either is logged
             http.get("/v1/jobs/nope", headers={"Authorization": f"Bearer {PLANTED['api_key']}x"})
         logs = procs.logs(tail=None)
@@ -231,4 +277,7 @@ def test_no_secret_reaches_any_log_line(
             parsed[path] = [json.loads(line) for line in lines if line.strip()]
         callbacks_log = parsed[procs.children[1][1]]  # started second
         failures = [d for d in callbacks_log if "delivery to" in d["message"]]
-        assert failures and all(d["job_id"] == jobs["echo"] and d["delivery_id"] for d in failures)
+        assert all(d["delivery_id"] for d in failures)
+        # a job's callback carries its job's id, a forwarded event its event's
+        assert {d.get("job_id") for d in failures if "/cb?" in d["message"]} == {jobs["echo"]}
+        assert all(d.get("event_id") for d in failures if "/fwd?" in d["message"])
