@@ -249,3 +249,14 @@ def test_prefork_children_are_counted_by_their_parent(
     assert value(after, "gateway_job_duration_seconds_count", kind="echo") == 12
     assert value(after, "gateway_in_flight", queue="default") == 0
     assert value(after, "gateway_pool_slots", queue="default") == 2
+
+
+def test_gateway_dev_gives_each_worker_its_own_metrics_port() -> None:
+    from gateway.dev import children_for
+
+    def ports(base: int) -> list[str]:
+        workers = [c for c in children_for("127.0.0.1", 8000, base) if c.name.startswith("worker")]
+        return [c.command[c.command.index("--metrics-port") + 1] for c in workers]
+
+    assert ports(9100) == ["9100", "9101", "9102", "9103", "9104", "9105"]
+    assert ports(0) == ["0"] * 6  # off stays off for every worker
