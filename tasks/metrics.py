@@ -17,7 +17,7 @@ runs one worker per queue on one machine and gives worker i the port plus i (910
 already taken is logged and that worker runs without metrics rather than not at all.
 
 One module: the series, the hooks that move them and the server that shows them are one idea,
-what a worker exports (about 270 lines).
+what a worker exports (about 280 lines).
 
 Labels are bounded: kinds, queues, outcomes and status classes are fixed sets, and the destination
 host of a delivery is one of the first `TOP_HOSTS` hosts this process delivered to, every later
@@ -56,6 +56,7 @@ TOP_HOSTS = 20
 OTHER_HOST = "other"
 JOB_OUTCOMES = ("succeeded", "retried", "failed", "dead")
 DELIVERY_OUTCOMES = ("delivered", "retried", "failed", "dead")
+STATUS_CLASSES = ("2xx", "3xx", "4xx", "5xx", "none")  # none: no answer (refused, timed out)
 # handler runs: milliseconds (echo) to the files queue's hour
 RUN_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
 # waits and whole lives include retry backoff: up to a day
@@ -65,7 +66,8 @@ WAIT_BUCKETS = (*RUN_BUCKETS[:-1], 1800, 3600, 4 * 3600, 12 * 3600, 24 * 3600)
 # dashboard reads
 disable_created_metrics()  # type: ignore[no-untyped-call]
 MULTIPROCESS = bool(os.environ.get(MULTIPROC_ENV))
-# a registry of our own: the API process imports tasks/ too, and must not show workers' series
+# a registry of our own: a process importing tasks/ without being a worker (the API, beat, a
+# test) must not show workers' series
 # (in multiprocess mode the values live in files whatever the registry)
 registry = CollectorRegistry(auto_describe=True)
 if not MULTIPROCESS:
@@ -220,11 +222,15 @@ def plan(port: int, queues: list[str], slots: int) -> None:
 
 def serve(port: int, queues: list[str], slots: int) -> None:
     """Serve this worker's metrics on ``port`` (0: off); a taken port is logged, not fatal."""
-    # series at 0 from the start (in workers only: the API imports this module too): a rate over
-    # a counter that appears late misses its first increase
+    # series at 0 from the start (in workers only, not in whatever else imports this module): a
+    # rate over a counter that appears late misses its first increase
     for kind in KINDS:
         for outcome in JOB_OUTCOMES:
             JOBS.labels(kind, outcome)
+    if "callbacks" in queues:
+        for outcome in DELIVERY_OUTCOMES:
+            for status_class in STATUS_CLASSES:
+                DELIVERIES.labels(outcome, status_class)
     for queue in queues:
         POOL_SLOTS.labels(queue).set(slots)
         IN_FLIGHT.labels(queue)
