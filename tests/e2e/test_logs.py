@@ -51,7 +51,7 @@ def json_stack(
     redis_server: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[str, Processes]]:
     """An API and a default-queue worker (the loop pool for callbacks too), LOG_FORMAT=json."""
-    url = f"{redis_server}/11"
+    url = f"{redis_server}/3"
     redis.Redis.from_url(url).flushdb()
     procs = Processes(tmp_path_factory.mktemp("json-logs"))
     env = process_env(url, f"logs-{uuid.uuid4().hex[:6]}:", LOG_FORMAT="json")
@@ -171,7 +171,7 @@ def test_no_secret_reaches_any_log_line(
         authenticator=lambda *_: AuthResult(success=False, handled=False),
     )
     smtp.start()
-    url = f"{redis_server}/11"
+    url = f"{redis_server}/3"
     redis.Redis.from_url(url).flushdb()
     procs = Processes(tmp_path_factory.mktemp(f"secrets-{log_format}"))
     env = process_env(

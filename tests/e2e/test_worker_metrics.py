@@ -50,7 +50,7 @@ def served(port: int) -> bool:
 @pytest.fixture(scope="module")
 def stack(redis_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """Workers on a database of their own: default on threads, callbacks on the loop pool."""
-    url = f"{redis_server}/13"
+    url = f"{redis_server}/4"
     redis.Redis.from_url(url).flushdb()
     prefix = f"metrics-{uuid.uuid4().hex[:6]}:"
     procs = Processes(tmp_path_factory.mktemp("worker-metrics"))
@@ -212,7 +212,7 @@ def test_prefork_children_are_counted_by_their_parent(
     redis_server: str, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     # a database of its own: this worker is the only consumer of its default queue
-    url = f"{redis_server}/7"
+    url = f"{redis_server}/5"
     redis.Redis.from_url(url).flushdb()
     prefix = f"prefork-{uuid.uuid4().hex[:6]}:"
     procs = Processes(tmp_path_factory.mktemp("prefork-metrics"))
