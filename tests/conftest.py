@@ -48,9 +48,13 @@ def api_ready(base: str) -> bool:
 
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[str]:
-    """Base URL (no db) of a real Redis: REDIS_URL when set, else an embedded one."""
+    """Base URL (no db) of a real Redis: REDIS_URL when set, else an embedded one.
+
+    Suites flush and count the databases they use, so two test processes (pytest-xdist) never
+    share one Redis: only the first uses REDIS_URL, the others start their own.
+    """
     given = os.environ.get("REDIS_URL")
-    if given:
+    if given and os.environ.get("PYTEST_XDIST_WORKER", "gw0") == "gw0":
         yield given.rsplit("/", 1)[0] if given.count("/") > 2 else given
         return
     server = EmbeddedRedis().start()
