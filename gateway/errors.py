@@ -47,13 +47,17 @@ CODES: Final[Mapping[int, tuple[str, ...]]] = {
           "invalid_idempotency_key",
           # a callback URL the outbound guard refuses (handlers/outbound UrlRejected)
           "url_rejected", "url_invalid", "url_scheme_not_allowed", "url_blocked_address",
-          "url_unresolvable"),
+          "url_unresolvable",
+          # a page cursor we did not hand out (GET /v1/endpoints)
+          "invalid_cursor"),
     401: ("unauthorized", "missing_api_key", "malformed_api_key", "invalid_api_key",
           # a webhook's signature (gateway/webhooks/signatures.py SignatureError)
           "webhook_missing_header", "webhook_malformed_header",
           "webhook_timestamp_out_of_tolerance", "webhook_bad_signature"),
+    # a valid API key that is not in ADMIN_API_KEYS, on an operator's route
+    403: ("forbidden", "admin_required"),
     404: ("not_found", "unknown_kind", "job_not_found", "unknown_source", "event_not_found",
-          "file_not_found", "dead_letter_not_found"),
+          "file_not_found", "dead_letter_not_found", "endpoint_not_found"),
     405: ("method_not_allowed",),
     409: ("conflict", "idempotency_key_reused"),
     413: ("payload_too_large",),

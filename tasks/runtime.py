@@ -30,6 +30,7 @@ from tasks import loop
 from tasks.claims import JOB_CLAIM, claim
 from tasks.context import JobContext
 from tasks.deliveries import CALLBACK_POLICY, add_delivery, job_event
+from tasks.endpoints import JOB_SOURCE, Endpoint, EndpointCache, load_all, offer
 from tasks.keys import Keys
 from tasks.pipelined import Commands, PipelinedRedis
 from tasks.protocol import job_message
@@ -83,6 +84,15 @@ def fast_redis() -> PipelinedRedis:
 def keys() -> Keys:
     """Key names under the configured prefix."""
     return Keys(get_settings().redis_key_prefix)
+
+
+_endpoints = EndpointCache()
+
+
+def current_endpoints() -> tuple[Endpoint, ...]:
+    """The endpoints on record, from this process's cache: one GET of their version per call."""
+    version = loop.run(fast_redis().execute("GET", keys().endpoints_version))
+    return _endpoints.given(version, lambda: load_all(worker_redis(), keys()))
 
 
 @contextmanager
@@ -180,18 +190,35 @@ def _finish(
     key = keys().job(job["id"])
     writes = Commands()
     writes.hset(key, mapping=encode(fields))
+    body = job_event(job, status, result, error)
+    parent, owner = f"job:{job['id']}", job.get("owner") or ""
+    max_attempts = policy_for("callbacks", CALLBACK_POLICY).max_attempts
+    ttl = get_settings().job_ttl_seconds
     if job.get("callback_url"):
         # in the same transaction: a final job always has its callback queued
         add_delivery(
             writes,
             keys(),
             url=job["callback_url"],
-            body=job_event(job, status, result, error),
-            parent=f"job:{job['id']}",
-            owner=job.get("owner") or "",
-            max_attempts=policy_for("callbacks", CALLBACK_POLICY).max_attempts,
-            ttl=get_settings().job_ttl_seconds,
+            body=body,
+            parent=parent,
+            owner=owner,
+            max_attempts=max_attempts,
+            ttl=ttl,
         )
+    # and its outcome offered to every endpoint that subscribed to it
+    offer(
+        writes,
+        keys(),
+        current_endpoints(),
+        event_type=body["type"],
+        source=JOB_SOURCE,
+        body=body,
+        parent=parent,
+        owner=owner,
+        max_attempts=max_attempts,
+        ttl=ttl,
+    )
     if status in JOB_DEAD_LETTER:
         # dead letters keep their job record until replayed or purged
         writes.persist(key)

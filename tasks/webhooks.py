@@ -7,12 +7,17 @@ At least once in, once out: the event is claimed atomically (a final event's mes
 jobs are submitted with an idempotency key made from the event id and the route, and forwarded
 deliveries get ids made the same way; the deliveries and the event's final status are written in
 one transaction, guarded by WATCH, so a message delivered twice makes them once.
+
+Beside its TOML routes, every event a source accepts is offered to the endpoints that subscribed
+to it (tasks/endpoints.py), in the same transaction. An event no route matches but an endpoint
+takes is ``routed``.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
@@ -25,14 +30,24 @@ from core.settings import get_settings
 from core.sources import LoadedSource, load_sources
 from core.statuses import EVENT_FINAL, EventStatus
 from core.validation import error_record, summary
+from handlers.webhooks import EventUnreadable, event_document
 from tasks.app import app
 from tasks.claims import EVENT_CLAIM, claim_sync
 from tasks.deliveries import CALLBACK_POLICY, add_delivery
+from tasks.endpoints import Endpoint, offer
 from tasks.events import PROCESS_TASK, decode, process_message
 from tasks.protocol import dumps
 from tasks.queues import WEBHOOKS
-from tasks.routing import Failure, JobRequest, Plan, RouteResult, outcome, plan_event
-from tasks.runtime import keys, requeued_if_redis_fails, worker_redis
+from tasks.routing import (
+    Failure,
+    JobRequest,
+    Plan,
+    RouteResult,
+    event_body,
+    outcome,
+    plan_event,
+)
+from tasks.runtime import current_endpoints, keys, requeued_if_redis_fails, worker_redis
 from tasks.store import now_iso
 from tasks.submit import submit_job
 
@@ -66,13 +81,44 @@ def process_event(event_id: str) -> str | None:
         return _retry_or_fail(event, exc)
 
 
+@dataclass(frozen=True)
+class Offer:
+    """The event's body and the endpoints that subscribed to it."""
+
+    body: dict[str, Any]
+    endpoints: tuple[Endpoint, ...]
+
+
 def _route(event: dict[str, Any]) -> str:
-    plan = plan_event(event, sources().get(event["source"]))
+    source = sources().get(event["source"])
+    plan = plan_event(event, source)
+    offered = _offer(event, plan, source)
     if plan.status != EventStatus.ROUTED:
-        return _finish(event, plan.status, reason=plan.reason, error=_failure(plan.error))
+        if plan.status == EventStatus.IGNORED and offered is not None:
+            return _finish(event, EventStatus.ROUTED, offered=offered)
+        error = _failure(plan.error)
+        return _finish(event, plan.status, reason=plan.reason, error=error, offered=offered)
     result = outcome(plan, [_submit(job) for job in plan.jobs])
     routes = [_record(route) for route in result.routes]
-    return _finish(event, result.status, routes=routes, plan=plan, error=_failure(result.error))
+    error = _failure(result.error)
+    return _finish(event, result.status, routes=routes, plan=plan, error=error, offered=offered)
+
+
+def _offer(event: dict[str, Any], plan: Plan, source: LoadedSource | None) -> Offer | None:
+    """What goes to endpoints: None when none wants the event (or its body can't be read)."""
+    if source is None:
+        return None
+    name = source.config.name
+    endpoints = tuple(e for e in current_endpoints() if e.wants(event["type"] or "", name))
+    if not endpoints:
+        return None
+    if plan.body is not None:
+        return Offer(plan.body, endpoints)
+    try:
+        document = event_document(event["body"], event.get("content_type") or "")
+    except EventUnreadable:  # the API checked; only a changed record could get here
+        return None
+    return Offer(event_body(event, name, document), endpoints)
 
 
 def _submit(job: JobRequest) -> str | Failure:
@@ -115,8 +161,9 @@ def _finish(
     routes: list[dict[str, Any]] | None = None,
     plan: Plan | None = None,
     error: dict[str, str] | None = None,
+    offered: Offer | None = None,
 ) -> str:
-    """Write the event's outcome and its ``plan``'s deliveries in one transaction, once."""
+    """Write the event's outcome, its ``plan``'s and endpoints' deliveries in one transaction."""
     r, k = worker_redis(), keys()
     key = k.event(event["id"])
     ttl = get_settings().job_ttl_seconds
@@ -153,6 +200,19 @@ def _finish(
                         max_attempts=max_attempts,
                         ttl=ttl,
                         delivery_id=forward.delivery_id,
+                    )
+                if offered is not None:
+                    offer(
+                        pipe,
+                        k,
+                        offered.endpoints,
+                        event_type=event["type"] or "",
+                        source=event["source"],
+                        body=offered.body,
+                        parent=f"event:{event['id']}",
+                        owner=f"webhook:{event['source']}",
+                        max_attempts=max_attempts,
+                        ttl=ttl,
                     )
                 pipe.hset(key, mapping=fields)
                 pipe.expire(key, ttl)
