@@ -140,24 +140,24 @@ class EndpointCache:
     """One process's endpoint list, loaded again only when ``Keys.endpoints_version`` moved.
 
     Threads may load at the same time after a change; each stores a complete list, so the
-    worst case is one extra load. The version is read before the list: a change landing between
-    the two leaves a newer list under the older version, which the next check replaces.
+    worst case is one extra load. Callers read the version before they load: a change landing
+    between the two leaves a newer list under the older version, which the next check replaces.
     """
 
     def __init__(self) -> None:
-        self._version: bytes | None = b"never read"
-        self._endpoints: tuple[Endpoint, ...] = ()
+        self.version: bytes | None = b"never read"
+        self.endpoints: tuple[Endpoint, ...] = ()
 
     def given(
         self, version: bytes | str | None, load: Callable[[], list[Endpoint]]
     ) -> tuple[Endpoint, ...]:
         """The endpoints for the ``version`` just read, calling ``load`` if it is not cached."""
         seen = version.encode() if isinstance(version, str) else version
-        if seen != self._version:
+        if seen != self.version:
             endpoints = tuple(load())
-            self._endpoints, self._version = endpoints, seen
+            self.endpoints, self.version = endpoints, seen
             return endpoints
-        return self._endpoints
+        return self.endpoints
 
 
 def offer(

@@ -11,7 +11,7 @@ import inspect
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
@@ -86,13 +86,41 @@ def keys() -> Keys:
     return Keys(get_settings().redis_key_prefix)
 
 
-_endpoints = EndpointCache()
+endpoint_cache = EndpointCache()
 
 
-def current_endpoints() -> tuple[Endpoint, ...]:
-    """The endpoints on record, from this process's cache: one GET of their version per call."""
-    version = loop.run(fast_redis().execute("GET", keys().endpoints_version))
-    return _endpoints.given(version, lambda: load_all(worker_redis(), keys()))
+def endpoints_at(version: bytes | str | None) -> tuple[Endpoint, ...]:
+    """The endpoints as of ``version`` (just read): this process's copy, reloaded on a change."""
+    return endpoint_cache.given(version, lambda: load_all(worker_redis(), keys()))
+
+
+async def _write_if_current(writes: Commands, expected: bytes | None) -> tuple[bool, Any]:
+    """Run ``writes`` if the endpoints are still at ``expected``; (done, version seen).
+
+    The check and the write share one hop onto the loop: a separate hop for the check alone
+    cost a threads-pool job more than its write (bench/README.md, fan-out).
+    """
+    fast = fast_redis()
+    version = await fast.execute("GET", keys().endpoints_version)
+    if version != expected:
+        return False, version
+    await fast.transaction(writes)
+    return True, version
+
+
+def _write_offering(
+    writes: Commands, offering: Callable[[Commands, tuple[Endpoint, ...]], Any]
+) -> None:
+    """Run ``writes`` with ``offering``'s deliveries to the current endpoints, in one MULTI."""
+    version, endpoints = endpoint_cache.version, endpoint_cache.endpoints
+    while True:
+        batch = Commands()
+        batch.items = list(writes.items)
+        offering(batch, endpoints)
+        done, seen = loop.run(_write_if_current(batch, version))
+        if done:
+            return
+        version, endpoints = seen, endpoints_at(seen)
 
 
 @contextmanager
@@ -206,24 +234,26 @@ def _finish(
             max_attempts=max_attempts,
             ttl=ttl,
         )
-    # and its outcome offered to every endpoint that subscribed to it
-    offer(
-        writes,
-        keys(),
-        current_endpoints(),
-        event_type=body["type"],
-        source=JOB_SOURCE,
-        body=body,
-        parent=parent,
-        owner=owner,
-        max_attempts=max_attempts,
-        ttl=ttl,
-    )
     if status in JOB_DEAD_LETTER:
         # dead letters keep their job record until replayed or purged
         writes.persist(key)
         writes.zadd(keys().dead_letters, {f"job:{job['id']}": time.time()})
     else:
         writes.expire(key, get_settings().job_ttl_seconds)
-    loop.run(fast_redis().transaction(writes))
+    # and its outcome offered to every endpoint that subscribed to it, in the same transaction
+    _write_offering(
+        writes,
+        lambda batch, endpoints: offer(
+            batch,
+            keys(),
+            endpoints,
+            event_type=body["type"],
+            source=JOB_SOURCE,
+            body=body,
+            parent=parent,
+            owner=owner,
+            max_attempts=max_attempts,
+            ttl=ttl,
+        ),
+    )
     return status

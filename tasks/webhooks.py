@@ -47,7 +47,7 @@ from tasks.routing import (
     outcome,
     plan_event,
 )
-from tasks.runtime import current_endpoints, keys, requeued_if_redis_fails, worker_redis
+from tasks.runtime import endpoints_at, keys, requeued_if_redis_fails, worker_redis
 from tasks.store import now_iso
 from tasks.submit import submit_job
 
@@ -82,43 +82,40 @@ def process_event(event_id: str) -> str | None:
 
 
 @dataclass(frozen=True)
-class Offer:
-    """The event's body and the endpoints that subscribed to it."""
+class Offering:
+    """The event as its endpoints are offered it; which ones want it is read at the final write."""
 
-    body: dict[str, Any]
-    endpoints: tuple[Endpoint, ...]
+    event: dict[str, Any]
+    source: str
+    plan: Plan
+
+    def wanted(self, version: bytes | str | None) -> tuple[Endpoint, ...]:
+        """The endpoints (as of ``version``) that subscribed to this event."""
+        kind = self.event["type"] or ""
+        return tuple(e for e in endpoints_at(version) if e.wants(kind, self.source))
+
+    def body(self) -> dict[str, Any] | None:
+        """What each endpoint is sent: the forwards' body (None: unreadable)."""
+        if self.plan.body is not None:
+            return self.plan.body
+        try:
+            document = event_document(self.event["body"], self.event.get("content_type") or "")
+        except EventUnreadable:  # the API checked; only a changed record could get here
+            return None
+        return event_body(self.event, self.source, document)
 
 
 def _route(event: dict[str, Any]) -> str:
     source = sources().get(event["source"])
     plan = plan_event(event, source)
-    offered = _offer(event, plan, source)
+    offering = Offering(event, source.config.name, plan) if source is not None else None
     if plan.status != EventStatus.ROUTED:
-        if plan.status == EventStatus.IGNORED and offered is not None:
-            return _finish(event, EventStatus.ROUTED, offered=offered)
         error = _failure(plan.error)
-        return _finish(event, plan.status, reason=plan.reason, error=error, offered=offered)
+        return _finish(event, plan.status, reason=plan.reason, error=error, offering=offering)
     result = outcome(plan, [_submit(job) for job in plan.jobs])
     routes = [_record(route) for route in result.routes]
     error = _failure(result.error)
-    return _finish(event, result.status, routes=routes, plan=plan, error=error, offered=offered)
-
-
-def _offer(event: dict[str, Any], plan: Plan, source: LoadedSource | None) -> Offer | None:
-    """What goes to endpoints: None when none wants the event (or its body can't be read)."""
-    if source is None:
-        return None
-    name = source.config.name
-    endpoints = tuple(e for e in current_endpoints() if e.wants(event["type"] or "", name))
-    if not endpoints:
-        return None
-    if plan.body is not None:
-        return Offer(plan.body, endpoints)
-    try:
-        document = event_document(event["body"], event.get("content_type") or "")
-    except EventUnreadable:  # the API checked; only a changed record could get here
-        return None
-    return Offer(event_body(event, name, document), endpoints)
+    return _finish(event, result.status, routes=routes, plan=plan, error=error, offering=offering)
 
 
 def _submit(job: JobRequest) -> str | Failure:
@@ -161,9 +158,13 @@ def _finish(
     routes: list[dict[str, Any]] | None = None,
     plan: Plan | None = None,
     error: dict[str, str] | None = None,
-    offered: Offer | None = None,
+    offering: Offering | None = None,
 ) -> str:
-    """Write the event's outcome, its ``plan``'s and endpoints' deliveries in one transaction."""
+    """Write the event's outcome, its ``plan``'s and endpoints' deliveries in one transaction.
+
+    The endpoints' version is watched with the event: a change before EXEC makes it try again
+    with the endpoints as they are then. An event no route took but an endpoint did is routed.
+    """
     r, k = worker_redis(), keys()
     key = k.event(event["id"])
     ttl = get_settings().job_ttl_seconds
@@ -181,12 +182,21 @@ def _finish(
     with r.pipeline(transaction=True) as pipe:
         while True:
             try:
-                pipe.watch(key)  # type: ignore[no-untyped-call]
+                pipe.watch(key, k.endpoints_version)  # type: ignore[no-untyped-call]
                 raw = pipe.hget(key, "status")
                 current = raw.decode() if isinstance(raw, bytes) else raw
                 if current is None or current in EVENT_FINAL:
                     pipe.reset()
                     return current or status
+                wanted: tuple[Endpoint, ...] = ()
+                body = None
+                if offering is not None:
+                    wanted = offering.wanted(pipe.get(k.endpoints_version))
+                    body = offering.body() if wanted else None
+                ended, written = status, fields
+                if status == EventStatus.IGNORED and wanted and body is not None:
+                    ended = EventStatus.ROUTED
+                    written = {**fields, "status": ended, "reason": ""}
                 pipe.multi()
                 for forward in forwards:
                     assert plan is not None and plan.body is not None
@@ -201,23 +211,23 @@ def _finish(
                         ttl=ttl,
                         delivery_id=forward.delivery_id,
                     )
-                if offered is not None:
+                if wanted and body is not None:
                     offer(
                         pipe,
                         k,
-                        offered.endpoints,
+                        wanted,
                         event_type=event["type"] or "",
                         source=event["source"],
-                        body=offered.body,
+                        body=body,
                         parent=f"event:{event['id']}",
                         owner=f"webhook:{event['source']}",
                         max_attempts=max_attempts,
                         ttl=ttl,
                     )
-                pipe.hset(key, mapping=fields)
+                pipe.hset(key, mapping=written)
                 pipe.expire(key, ttl)
                 pipe.execute()
-                return status
+                return ended
             except redis.WatchError:
                 continue  # another run touched the event: look again
 
