@@ -47,9 +47,7 @@ CODES: Final[Mapping[int, tuple[str, ...]]] = {
           "invalid_idempotency_key",
           # a callback URL the outbound guard refuses (handlers/outbound UrlRejected)
           "url_rejected", "url_invalid", "url_scheme_not_allowed", "url_blocked_address",
-          "url_unresolvable",
-          # a page cursor we did not hand out (GET /v1/endpoints)
-          "invalid_cursor"),
+          "url_unresolvable"),
     401: ("unauthorized", "missing_api_key", "malformed_api_key", "invalid_api_key",
           # a webhook's signature (gateway/webhooks/signatures.py SignatureError)
           "webhook_missing_header", "webhook_malformed_header",

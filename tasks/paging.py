@@ -22,7 +22,7 @@ async def page_of(
     after: tuple[float, str] | None = None
     if cursor is not None:
         score_text, sep, member = cursor.partition(":")
-        if not sep or not score_text.isdigit() or not member:
+        if not sep or not (score_text.isascii() and score_text.isdigit()) or not member:
             raise InvalidCursor(cursor)
         after = (float(score_text), member)
     found: list[tuple[float, str]] = []

@@ -54,7 +54,8 @@ def _found(view: dict[str, Any] | None, endpoint_id: str) -> dict[str, Any]:
     return view
 
 
-Cursor = Annotated[str | None, Query(max_length=200)]
+# what tasks/paging.py hands out: "<score>:<member>"
+Cursor = Annotated[str | None, Query(pattern=r"^[0-9]{1,20}:[!-~]{1,180}$")]
 Limit = Annotated[int, Query(ge=1, le=1000)]
 
 
@@ -70,7 +71,7 @@ async def create_endpoint(body: EndpointIn, request: Request, _: AdminDep) -> di
     return await _store(request).create(body.model_dump())
 
 
-@router.get("", response_model=EndpointPage, responses=responses(400, 401, 403, 422, 503))
+@router.get("", response_model=EndpointPage, responses=responses(401, 403, 422, 503))
 async def list_endpoints(
     request: Request, _: AdminDep, cursor: Cursor = None, limit: Limit = 100
 ) -> dict[str, Any]:
@@ -78,7 +79,7 @@ async def list_endpoints(
     try:
         items, following = await _store(request).page(limit=limit, cursor=cursor)
     except InvalidCursor:
-        raise ApiError("invalid_cursor", "cursor is not one this API handed out") from None
+        raise ApiError("validation_error", "cursor is not one this API handed out") from None
     return {"items": items, "next_cursor": following}
 
 
@@ -122,7 +123,7 @@ async def delete_endpoint(endpoint_id: str, request: Request, _: AdminDep) -> Re
 @router.get(
     "/{endpoint_id}/deliveries",
     response_model=DeliveryPage,
-    responses=responses(400, 401, 403, 404, 422, 503),
+    responses=responses(401, 403, 404, 422, 503),
 )
 async def endpoint_deliveries(
     endpoint_id: str, request: Request, _: AdminDep, cursor: Cursor = None, limit: Limit = 100
@@ -133,14 +134,14 @@ async def endpoint_deliveries(
     try:
         items, following = await store.deliveries(endpoint_id, limit=limit, cursor=cursor)
     except InvalidCursor:
-        raise ApiError("invalid_cursor", "cursor is not one this API handed out") from None
+        raise ApiError("validation_error", "cursor is not one this API handed out") from None
     return {"items": items, "next_cursor": following}
 
 
 @router.post(
     "/{endpoint_id}/rotate-secret",
     response_model=SecretRotated,
-    responses=responses(401, 403, 404, 422, 503),
+    responses=responses(400, 401, 403, 404, 422, 503),
 )
 async def rotate_secret(
     endpoint_id: str, request: Request, _: AdminDep, body: Rotate | None = None
@@ -175,7 +176,7 @@ async def disable_endpoint(endpoint_id: str, request: Request, _: AdminDep) -> d
     "/{endpoint_id}/recover",
     status_code=202,
     response_model=Replayed,
-    responses=responses(401, 403, 404, 422, 503),
+    responses=responses(400, 401, 403, 404, 422, 503),
 )
 async def recover_endpoint(
     endpoint_id: str, body: Recover, request: Request, _: AdminDep

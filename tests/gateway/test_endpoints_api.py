@@ -181,8 +181,9 @@ def test_paging_walks_every_endpoint_once_oldest_first(api: TestClient) -> None:
             break
 
     assert seen == made and pages == 3
-    bad = api.get("/v1/endpoints", params={"cursor": "nonsense"}, headers=AUTH)
-    assert bad.status_code == 400 and bad.json()["code"] == "invalid_cursor"
+    for bad in ("nonsense", "1:", ":ep_x", "1: x", "²:ep_x"):
+        answer = api.get("/v1/endpoints", params={"cursor": bad}, headers=AUTH)
+        assert answer.status_code == 422 and answer.json()["code"] == "validation_error"
 
 
 def test_rotation_shows_the_new_secret_and_keeps_the_old_for_the_grace(
