@@ -17,7 +17,7 @@ from functools import lru_cache
 from typing import Any
 
 import redis
-from celery.exceptions import Reject
+from celery.exceptions import Reject, TimeLimitExceeded
 from pydantic import BaseModel, ValidationError
 
 from core.kinds import KINDS, Kind
@@ -117,7 +117,13 @@ def _write_offering(
         batch = Commands()
         batch.items = list(writes.items)
         offering(batch, endpoints)
-        done, seen = loop.run(_write_if_current(batch, version))
+        try:
+            done, seen = loop.run(_write_if_current(batch, version))
+        except TimeLimitExceeded:
+            # past a task's hard limit every wait on the loop is cut short (tasks/loop.py), the
+            # version's too; the writes in hand are still sent, as a final write always was
+            loop.run(fast_redis().transaction(batch))
+            return
         if done:
             return
         version, endpoints = seen, endpoints_at(seen)
