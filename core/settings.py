@@ -198,7 +198,7 @@ class Settings(BaseSettings):
         for name, value in self.secret_values():
             if _is_placeholder(value):
                 raise ValueError(f"{name} holds a placeholder value; set a real secret")
-        if not self.api_keys:
+        if not self.api_keys and not self.admin_api_keys:
             raise ValueError("API_KEYS is empty; internal endpoints would be unusable")
         return self
 
