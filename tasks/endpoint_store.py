@@ -18,6 +18,7 @@ from redis.asyncio import Redis
 from core.statuses import EndpointStatus
 from tasks.dead_letters import DeadLetters
 from tasks.deliveries import view as delivery_view
+from tasks.endpoint_limits import release_held
 from tasks.keys import Keys
 from tasks.paging import page_of
 from tasks.store import decode, now_iso
@@ -106,11 +107,8 @@ def shown(record: Mapping[Any, Any]) -> dict[str, Any]:
 
 
 async def on_enabled(redis: Redis, keys: Keys, endpoint_id: str) -> None:
-    """Hook run after the operator enables an endpoint: send what it held while paused/disabled.
-
-    Held deliveries belong to the delivery side (tasks/callbacks.py's limits); this is where it
-    releases them. Until it does, enabling only flips the status.
-    """
+    """After the operator enables an endpoint: send what was held while it was disabled."""
+    await release_held(redis, keys, endpoint_id)
 
 
 class EndpointStore:

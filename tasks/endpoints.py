@@ -193,5 +193,20 @@ def offer(
         listed = keys.endpoint_deliveries(endpoint.id)
         writes.zadd(listed, {delivery_id: now_us})
         _write(writes, "ZREMRANGEBYRANK", listed, 0, -ENDPOINT_DELIVERIES_KEPT - 1)
+        if endpoint.ordered:
+            add_to_sequence(writes, keys, endpoint.id, delivery_id)
         ids.append(delivery_id)
     return ids
+
+
+def add_to_sequence(
+    writes: Pipeline | Commands, keys: Keys, endpoint_id: str, delivery_id: str
+) -> None:
+    """Queue an ordered endpoint's delivery in its sequence by acceptance (endpoint_limits.py)."""
+    # the offering process's clock, strictly rising: events offered one after another keep
+    # their order even within one clock tick
+    _last_accepted[0] = max(time.time(), _last_accepted[0] + 1e-6)
+    writes.zadd(keys.endpoint_limit(endpoint_id, "sequence"), {delivery_id: _last_accepted[0]})
+
+
+_last_accepted = [0.0]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import importlib.util
 import json
 import uuid
 from collections.abc import Iterator
@@ -38,9 +37,6 @@ events = ["push"]
 forward = ["{receiver}/forward"]
 """
 FAST_RETRIES = json.dumps({"callbacks": {"max_attempts": 2, "schedule": [0.3]}})
-# The callbacks worker signs an endpoint's deliveries with its secrets from helper `limits`'
-# tasks/callbacks.py on (it arrives with tasks/endpoint_limits.py); before, with SIGNING_SECRETS.
-SIGNS_WITH_ENDPOINT_SECRETS = importlib.util.find_spec("tasks.endpoint_limits") is not None
 
 
 @pytest.fixture(scope="module")
@@ -243,11 +239,6 @@ def verifies(request: Received, secret: str) -> bool:
     return True
 
 
-@pytest.mark.xfail(
-    not SIGNS_WITH_ENDPOINT_SECRETS,
-    reason="the callbacks worker signs with the endpoint's secret once tasks/callbacks.py does",
-    strict=True,
-)
 def test_each_endpoint_signs_with_its_own_secret(run: dict[str, Any], receiver: Receiver) -> None:
     tag = run["tag"]
     pushes, issues = run["endpoints"]["pushes"], run["endpoints"]["issues"]
@@ -261,11 +252,6 @@ def test_each_endpoint_signs_with_its_own_secret(run: dict[str, Any], receiver: 
             assert not verifies(request, other["secret"])
 
 
-@pytest.mark.xfail(
-    not SIGNS_WITH_ENDPOINT_SECRETS,
-    reason="the callbacks worker signs with the endpoint's secret once tasks/callbacks.py does",
-    strict=True,
-)
 def test_after_a_rotation_old_and_new_secrets_both_verify_during_the_grace(
     stack: dict[str, Any], receiver: Receiver
 ) -> None:
