@@ -332,3 +332,20 @@ def test_a_plain_key_is_403_on_operator_routes_and_still_submits_jobs(api: TestC
     # an admin key does what a plain key does, as a caller of its own
     assert api.get(f"/v1/jobs/{job.json()['id']}", headers=AUTH).status_code == 404
     assert api.post("/v1/jobs/echo", json={}, headers=AUTH).status_code == 202
+
+
+def test_enabling_sends_what_was_held_while_disabled(
+    api: TestClient, quiet_redis: redis.Redis, prefix: str
+) -> None:
+    keys = Keys(prefix)
+    made = create(api)
+    [held] = offered(quiet_redis, keys, 1)
+    quiet_redis.delete("callbacks")  # its first message went; the gate then held it
+    api.post(f"/v1/endpoints/{made['id']}/disable", headers=AUTH)
+    quiet_redis.zadd(keys.endpoint_limit(made["id"], "held"), {held: time.time()})
+
+    api.post(f"/v1/endpoints/{made['id']}/enable", headers=AUTH)
+
+    [message] = [json.loads(raw) for raw in quiet_redis.lrange("callbacks", 0, -1)]
+    assert message["headers"]["id"] == held
+    assert quiet_redis.zcard(keys.endpoint_limit(made["id"], "held")) == 0
