@@ -30,3 +30,20 @@ def authenticate(authorization: str | None, key_hashes: tuple[str, ...]) -> str:
     if not match:
         raise ApiError("invalid_api_key", "the API key is not valid", headers=_CHALLENGE)
     return match[:16]
+
+
+def authenticate_admin(
+    authorization: str | None, key_hashes: tuple[str, ...], admin_hashes: tuple[str, ...]
+) -> str:
+    """The owner id of a valid admin key; 401 for no valid key, 403 for a plain API key."""
+    owner = authenticate(authorization, key_hashes)
+    # the key is known to be valid: this second pass only tells admin from plain, again
+    # comparing against every admin hash
+    _, _, key = (authorization or "").partition(" ")
+    presented = hashlib.sha256(key.strip().encode()).hexdigest()
+    admin = False
+    for known in admin_hashes:
+        admin |= hmac.compare_digest(presented, known)
+    if not admin:
+        raise ApiError("admin_required", "this needs an admin API key (ADMIN_API_KEYS)")
+    return owner

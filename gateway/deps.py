@@ -8,7 +8,7 @@ from fastapi import Depends, Header, Request
 from redis.asyncio import Redis
 
 from core.settings import Settings
-from gateway.auth import authenticate
+from gateway.auth import authenticate, authenticate_admin
 from tasks.keys import Keys
 from tasks.store import JobStore
 
@@ -43,8 +43,15 @@ async def get_owner(request: Request, authorization: Annotated[str | None, Heade
     return authenticate(authorization, hashes)
 
 
+async def get_admin(request: Request, authorization: Annotated[str | None, Header()] = None) -> str:
+    """The authenticated caller holding an admin key (401 without a valid key, 403 plain)."""
+    state = request.app.state
+    return authenticate_admin(authorization, state.api_key_hashes, state.admin_key_hashes)
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 RedisDep = Annotated[Redis, Depends(get_redis)]
 JobsDep = Annotated[JobStore, Depends(get_jobs)]
 KeysDep = Annotated[Keys, Depends(get_keys)]
 OwnerDep = Annotated[str, Depends(get_owner)]
+AdminDep = Annotated[str, Depends(get_admin)]

@@ -52,8 +52,10 @@ CODES: Final[Mapping[int, tuple[str, ...]]] = {
           # a webhook's signature (gateway/webhooks/signatures.py SignatureError)
           "webhook_missing_header", "webhook_malformed_header",
           "webhook_timestamp_out_of_tolerance", "webhook_bad_signature"),
+    # a valid API key that is not in ADMIN_API_KEYS, on an operator's route
+    403: ("forbidden", "admin_required"),
     404: ("not_found", "unknown_kind", "job_not_found", "unknown_source", "event_not_found",
-          "file_not_found", "dead_letter_not_found"),
+          "file_not_found", "dead_letter_not_found", "endpoint_not_found"),
     405: ("method_not_allowed",),
     409: ("conflict", "idempotency_key_reused"),
     413: ("payload_too_large",),

@@ -15,9 +15,10 @@ from core.sources import load_sources
 from gateway import errors, openapi
 from gateway.metrics import HttpMetrics, Metrics
 from gateway.redis_client import open_redis
-from gateway.routes import dead_letters, example, files, health, jobs, webhooks
+from gateway.routes import dead_letters, endpoints, example, files, health, jobs, webhooks
 from gateway.webhooks.verifiers import inbound_sources
 from tasks.dead_letters import DeadLetters
+from tasks.endpoint_store import EndpointStore
 from tasks.events import EventStore
 from tasks.keys import Keys
 from tasks.pipelined import PipelinedRedis
@@ -43,6 +44,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.dead_letters = DeadLetters(
             app.state.redis, app.state.keys, settings.job_ttl_seconds
         )
+        app.state.endpoints = EndpointStore(app.state.redis, app.state.keys, app.state.dead_letters)
         app.state.events = EventStore(
             app.state.redis,
             app.state.keys,
@@ -64,6 +66,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.keys = Keys(settings.redis_key_prefix)
     app.state.api_key_hashes = settings.api_key_hashes()
+    app.state.admin_key_hashes = settings.admin_key_hashes()
     app.state.outbound_policy = outbound_policy(settings)
     # parsed, checked and its secrets read once, here: a bad file stops startup, not a request
     app.state.webhook_sources = inbound_sources(
@@ -82,6 +85,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         files.router,
         dead_letters.router,
         webhooks.events_router,
+        endpoints.router,
     ):
         app.router.routes.extend(router.routes)
     app.state.metrics = None

@@ -31,7 +31,7 @@ from tasks.app import app
 from tasks.clients import get_clients
 from tasks.deliveries import CALLBACK_POLICY, DELIVER_TASK, attempt_record
 from tasks.endpoint_limits import Gate
-from tasks.endpoints import offer
+from tasks.endpoints import bump_version, offer
 from tasks.pipelined import Commands
 from tasks.protocol import task_message
 from tasks.queues import CALLBACKS
@@ -209,6 +209,8 @@ def _disabled_event(endpoint_id: str, url: str, reason: str) -> Commands:
         max_attempts=policy_for("callbacks", CALLBACK_POLICY).max_attempts,
         ttl=get_settings().job_ttl_seconds,
     )
+    # run by the outcome script only when it disables: every worker's endpoint cache reloads
+    bump_version(event, keys())
     return event
 
 

@@ -125,6 +125,7 @@ def view(record: dict[str, Any], attempts: list[bytes | str]) -> dict[str, Any]:
     return {
         "id": record["id"],
         "url": record["url"],
+        "endpoint_id": record.get("endpoint_id"),
         "event_type": record.get("event_type"),
         "status": record["status"],
         "attempts": [json.loads(item) for item in attempts],

@@ -23,14 +23,20 @@ Its fields, all strings as Redis keeps them:
 
 Offering an event writes one delivery per matching enabled or paused endpoint (``endpoint_id``
 on the delivery record) into the caller's transaction, on the callbacks machinery: signed with
-the endpoint's secrets, retried, dead-lettered and replayable like every delivery.
+the endpoint's secrets, retried, dead-lettered and replayable like every delivery. The same
+transaction adds the delivery to the endpoint's own list (``Keys.endpoint_deliveries``, the
+newest ENDPOINT_DELIVERIES_KEPT).
+
+Every change to an endpoint (API or worker: a status change too) INCRs ``Keys.endpoints_version``
+in its own transaction (``bump_version``): a worker keeps the endpoint list in memory
+(``EndpointCache``) and reads only that counter per event, loading the list again when it moved.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +50,7 @@ from tasks.keys import Keys
 from tasks.pipelined import Commands
 
 JOB_SOURCE = "jobs"  # the source name of job outcome events (job.succeeded, job.failed)
+ENDPOINT_DELIVERIES_KEPT = 10_000  # per endpoint, in its list; older ones stay on their parent
 
 
 @dataclass(frozen=True)
@@ -116,6 +123,43 @@ def load_all(client: redis.Redis, keys: Keys) -> list[Endpoint]:
     return [parse(fields) for fields in pipe.execute() if fields]
 
 
+def _write(writes: Pipeline | Commands, *command: Any) -> None:
+    """Queue a command neither collector spells as a method (both send it within the same MULTI)."""
+    if isinstance(writes, Commands):
+        writes.items.append(command)
+    else:
+        writes.execute_command(*command)  # type: ignore[no-untyped-call]
+
+
+def bump_version(writes: Pipeline | Commands, keys: Keys) -> None:
+    """Queue the INCR that tells every worker's cache the endpoints changed."""
+    _write(writes, "INCR", keys.endpoints_version)
+
+
+class EndpointCache:
+    """One process's endpoint list, loaded again only when ``Keys.endpoints_version`` moved.
+
+    Threads may load at the same time after a change; each stores a complete list, so the
+    worst case is one extra load. Callers read the version before they load: a change landing
+    between the two leaves a newer list under the older version, which the next check replaces.
+    """
+
+    def __init__(self) -> None:
+        self.version: bytes | None = b"never read"
+        self.endpoints: tuple[Endpoint, ...] = ()
+
+    def given(
+        self, version: bytes | str | None, load: Callable[[], list[Endpoint]]
+    ) -> tuple[Endpoint, ...]:
+        """The endpoints for the ``version`` just read, calling ``load`` if it is not cached."""
+        seen = version.encode() if isinstance(version, str) else version
+        if seen != self.version:
+            endpoints = tuple(load())
+            self.endpoints, self.version = endpoints, seen
+            return endpoints
+        return self.endpoints
+
+
 def offer(
     writes: Pipeline | Commands,
     keys: Keys,
@@ -131,6 +175,7 @@ def offer(
 ) -> list[str]:
     """Queue one delivery of ``body`` per endpoint that wants it; returns the delivery ids."""
     ids = []
+    now_us = int(time.time() * 1_000_000)
     for endpoint in endpoints:
         if not endpoint.wants(event_type, source):
             continue
@@ -145,6 +190,9 @@ def offer(
             ttl=ttl,
             endpoint_id=endpoint.id,
         )
+        listed = keys.endpoint_deliveries(endpoint.id)
+        writes.zadd(listed, {delivery_id: now_us})
+        _write(writes, "ZREMRANGEBYRANK", listed, 0, -ENDPOINT_DELIVERIES_KEPT - 1)
         if endpoint.ordered:
             add_to_sequence(writes, keys, endpoint.id, delivery_id)
         ids.append(delivery_id)

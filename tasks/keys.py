@@ -67,6 +67,16 @@ class Keys:
         """Sorted set: endpoint ids by creation time (epoch s). No TTL."""
         return f"{self.prefix}endpoints"
 
+    def endpoint_deliveries(self, endpoint_id: str) -> str:
+        """Sorted set: an endpoint's delivery ids by offer time (epoch µs), the newest
+        ENDPOINT_DELIVERIES_KEPT only. No TTL: deleted with its endpoint."""
+        return f"{self.prefix}endpoint:{endpoint_id}:deliveries"
+
+    @property
+    def endpoints_version(self) -> str:
+        """String: INCRed with every endpoint change; workers' caches compare it. No TTL."""
+        return f"{self.prefix}endpoints:version"
+
     @property
     def dead_letter_counts(self) -> str:
         """Hash: dead letters by kind (job kind or 'callback'), kept with the set. No TTL."""

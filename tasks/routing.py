@@ -107,6 +107,17 @@ def delivery_id(event_id: str, route: int, url: str) -> str:
     return f"msg_{digest[:32]}"
 
 
+def event_body(event: Mapping[str, Any], source: str, document: Any) -> dict[str, Any]:
+    """What a forward or an endpoint is sent for ``event``: its type, source, id and document."""
+    return {
+        "type": event["type"],
+        "timestamp": event.get("received_at"),
+        "source": source,
+        "event_id": event["id"],
+        "data": document,
+    }
+
+
 def plan_event(event: Mapping[str, Any], source: LoadedSource | None) -> Plan:
     """What to do with the recorded ``event`` from ``source`` (None: no longer configured)."""
     if source is None:
@@ -135,13 +146,7 @@ def plan_event(event: Mapping[str, Any], source: LoadedSource | None) -> Plan:
             )
         forwards = [Forward(delivery_id(event["id"], index, url), url) for url in route.forward]
         routes.append(RoutePlan(index + 1, route.events, forwards, job))
-    body = {
-        "type": event["type"],
-        "timestamp": event.get("received_at"),
-        "source": config.name,
-        "event_id": event["id"],
-        "data": document,
-    }
+    body = event_body(event, config.name, document)
     parent = f"event:{event['id']}"
     return Plan(EventStatus.ROUTED, routes=tuple(routes), body=body, parent=parent, owner=owner)
 

@@ -11,13 +11,13 @@ import inspect
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
 
 import redis
-from celery.exceptions import Reject
+from celery.exceptions import Reject, TimeLimitExceeded
 from pydantic import BaseModel, ValidationError
 
 from core import logs
@@ -31,6 +31,7 @@ from tasks import loop, metrics
 from tasks.claims import JOB_CLAIM, claim
 from tasks.context import JobContext
 from tasks.deliveries import CALLBACK_POLICY, add_delivery, job_event
+from tasks.endpoints import JOB_SOURCE, Endpoint, EndpointCache, load_all, offer
 from tasks.keys import Keys
 from tasks.pipelined import Commands, PipelinedRedis
 from tasks.protocol import job_message
@@ -84,6 +85,49 @@ def fast_redis() -> PipelinedRedis:
 def keys() -> Keys:
     """Key names under the configured prefix."""
     return Keys(get_settings().redis_key_prefix)
+
+
+endpoint_cache = EndpointCache()
+
+
+def endpoints_at(version: bytes | str | None) -> tuple[Endpoint, ...]:
+    """The endpoints as of ``version`` (just read): this process's copy, reloaded on a change."""
+    return endpoint_cache.given(version, lambda: load_all(worker_redis(), keys()))
+
+
+async def _write_if_current(writes: Commands, expected: bytes | None) -> tuple[bool, Any]:
+    """Run ``writes`` if the endpoints are still at ``expected``; (done, version seen).
+
+    The check and the write share one hop onto the loop: a separate hop for the check alone
+    cost a threads-pool job more than its write (bench/README.md, fan-out).
+    """
+    fast = fast_redis()
+    version = await fast.execute("GET", keys().endpoints_version)
+    if version != expected:
+        return False, version
+    await fast.transaction(writes)
+    return True, version
+
+
+def _write_offering(
+    writes: Commands, offering: Callable[[Commands, tuple[Endpoint, ...]], Any]
+) -> None:
+    """Run ``writes`` with ``offering``'s deliveries to the current endpoints, in one MULTI."""
+    version, endpoints = endpoint_cache.version, endpoint_cache.endpoints
+    while True:
+        batch = Commands()
+        batch.items = list(writes.items)
+        offering(batch, endpoints)
+        try:
+            done, seen = loop.run(_write_if_current(batch, version))
+        except TimeLimitExceeded:
+            # past a task's hard limit every wait on the loop is cut short (tasks/loop.py), the
+            # version's too; the writes in hand are still sent, as a final write always was
+            loop.run(fast_redis().transaction(batch))
+            return
+        if done:
+            return
+        version, endpoints = seen, endpoints_at(seen)
 
 
 @contextmanager
@@ -184,17 +228,21 @@ def _finish(
     key = keys().job(job["id"])
     writes = Commands()
     writes.hset(key, mapping=encode(fields))
+    body = job_event(job, status, result, error)
+    parent, owner = f"job:{job['id']}", job.get("owner") or ""
+    max_attempts = policy_for("callbacks", CALLBACK_POLICY).max_attempts
+    ttl = get_settings().job_ttl_seconds
     if job.get("callback_url"):
         # in the same transaction: a final job always has its callback queued
         add_delivery(
             writes,
             keys(),
             url=job["callback_url"],
-            body=job_event(job, status, result, error),
-            parent=f"job:{job['id']}",
-            owner=job.get("owner") or "",
-            max_attempts=policy_for("callbacks", CALLBACK_POLICY).max_attempts,
-            ttl=get_settings().job_ttl_seconds,
+            body=body,
+            parent=parent,
+            owner=owner,
+            max_attempts=max_attempts,
+            ttl=ttl,
         )
     if status in JOB_DEAD_LETTER:
         # dead letters keep their job record until replayed or purged
@@ -203,7 +251,22 @@ def _finish(
         writes.hincrby(keys().dead_letter_counts, str(job["kind"]))  # tasks/monitor.py
     else:
         writes.expire(key, get_settings().job_ttl_seconds)
-    loop.run(fast_redis().transaction(writes))
+    # and its outcome offered to every endpoint that subscribed to it, in the same transaction
+    _write_offering(
+        writes,
+        lambda batch, endpoints: offer(
+            batch,
+            keys(),
+            endpoints,
+            event_type=body["type"],
+            source=JOB_SOURCE,
+            body=body,
+            parent=parent,
+            owner=owner,
+            max_attempts=max_attempts,
+            ttl=ttl,
+        ),
+    )
     metrics.job_finished(job, status, error)
     return status
 

@@ -7,12 +7,17 @@ At least once in, once out: the event is claimed atomically (a final event's mes
 jobs are submitted with an idempotency key made from the event id and the route, and forwarded
 deliveries get ids made the same way; the deliveries and the event's final status are written in
 one transaction, guarded by WATCH, so a message delivered twice makes them once.
+
+Beside its TOML routes, every event a source accepts is offered to the endpoints that subscribed
+to it (tasks/endpoints.py), in the same transaction. An event no route matches but an endpoint
+takes is ``routed``.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
@@ -26,14 +31,24 @@ from core.settings import get_settings
 from core.sources import LoadedSource, load_sources
 from core.statuses import EVENT_FINAL, EventStatus
 from core.validation import error_record, summary
+from handlers.webhooks import EventUnreadable, event_document
 from tasks.app import app
 from tasks.claims import EVENT_CLAIM, claim_sync
 from tasks.deliveries import CALLBACK_POLICY, add_delivery
+from tasks.endpoints import Endpoint, offer
 from tasks.events import PROCESS_TASK, decode, process_message
 from tasks.protocol import dumps
 from tasks.queues import WEBHOOKS
-from tasks.routing import Failure, JobRequest, Plan, RouteResult, outcome, plan_event
-from tasks.runtime import keys, requeued_if_redis_fails, worker_redis
+from tasks.routing import (
+    Failure,
+    JobRequest,
+    Plan,
+    RouteResult,
+    event_body,
+    outcome,
+    plan_event,
+)
+from tasks.runtime import endpoints_at, keys, requeued_if_redis_fails, worker_redis
 from tasks.store import now_iso
 from tasks.submit import submit_job
 
@@ -67,13 +82,41 @@ def process_event(event_id: str) -> str | None:
         return _retry_or_fail(event, exc)
 
 
+@dataclass(frozen=True)
+class Offering:
+    """The event as its endpoints are offered it; which ones want it is read at the final write."""
+
+    event: dict[str, Any]
+    source: str
+    plan: Plan
+
+    def wanted(self, version: bytes | str | None) -> tuple[Endpoint, ...]:
+        """The endpoints (as of ``version``) that subscribed to this event."""
+        kind = self.event["type"] or ""
+        return tuple(e for e in endpoints_at(version) if e.wants(kind, self.source))
+
+    def body(self) -> dict[str, Any] | None:
+        """What each endpoint is sent: the forwards' body (None: unreadable)."""
+        if self.plan.body is not None:
+            return self.plan.body
+        try:
+            document = event_document(self.event["body"], self.event.get("content_type") or "")
+        except EventUnreadable:  # the API checked; only a changed record could get here
+            return None
+        return event_body(self.event, self.source, document)
+
+
 def _route(event: dict[str, Any]) -> str:
-    plan = plan_event(event, sources().get(event["source"]))
+    source = sources().get(event["source"])
+    plan = plan_event(event, source)
+    offering = Offering(event, source.config.name, plan) if source is not None else None
     if plan.status != EventStatus.ROUTED:
-        return _finish(event, plan.status, reason=plan.reason, error=_failure(plan.error))
+        error = _failure(plan.error)
+        return _finish(event, plan.status, reason=plan.reason, error=error, offering=offering)
     result = outcome(plan, [_submit(job) for job in plan.jobs])
     routes = [_record(route) for route in result.routes]
-    return _finish(event, result.status, routes=routes, plan=plan, error=_failure(result.error))
+    error = _failure(result.error)
+    return _finish(event, result.status, routes=routes, plan=plan, error=error, offering=offering)
 
 
 def _submit(job: JobRequest) -> str | Failure:
@@ -116,8 +159,13 @@ def _finish(
     routes: list[dict[str, Any]] | None = None,
     plan: Plan | None = None,
     error: dict[str, str] | None = None,
+    offering: Offering | None = None,
 ) -> str:
-    """Write the event's outcome and its ``plan``'s deliveries in one transaction, once."""
+    """Write the event's outcome, its ``plan``'s and endpoints' deliveries in one transaction.
+
+    The endpoints' version is watched with the event: a change before EXEC makes it try again
+    with the endpoints as they are then. An event no route took but an endpoint did is routed.
+    """
     r, k = worker_redis(), keys()
     key = k.event(event["id"])
     ttl = get_settings().job_ttl_seconds
@@ -135,12 +183,21 @@ def _finish(
     with r.pipeline(transaction=True) as pipe:
         while True:
             try:
-                pipe.watch(key)  # type: ignore[no-untyped-call]
+                pipe.watch(key, k.endpoints_version)  # type: ignore[no-untyped-call]
                 raw = pipe.hget(key, "status")
                 current = raw.decode() if isinstance(raw, bytes) else raw
                 if current is None or current in EVENT_FINAL:
                     pipe.reset()
                     return current or status
+                wanted: tuple[Endpoint, ...] = ()
+                body = None
+                if offering is not None:
+                    wanted = offering.wanted(pipe.get(k.endpoints_version))
+                    body = offering.body() if wanted else None
+                ended, written = status, fields
+                if status == EventStatus.IGNORED and wanted and body is not None:
+                    ended = EventStatus.ROUTED
+                    written = {**fields, "status": ended, "reason": ""}
                 pipe.multi()
                 for forward in forwards:
                     assert plan is not None and plan.body is not None
@@ -155,10 +212,23 @@ def _finish(
                         ttl=ttl,
                         delivery_id=forward.delivery_id,
                     )
-                pipe.hset(key, mapping=fields)
+                if wanted and body is not None:
+                    offer(
+                        pipe,
+                        k,
+                        wanted,
+                        event_type=event["type"] or "",
+                        source=event["source"],
+                        body=body,
+                        parent=f"event:{event['id']}",
+                        owner=f"webhook:{event['source']}",
+                        max_attempts=max_attempts,
+                        ttl=ttl,
+                    )
+                pipe.hset(key, mapping=written)
                 pipe.expire(key, ttl)
                 pipe.execute()
-                return status
+                return ended
             except redis.WatchError:
                 continue  # another run touched the event: look again
 

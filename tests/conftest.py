@@ -21,8 +21,10 @@ from core.settings import Settings
 from gateway.embedded import EmbeddedRedis, free_port
 from gateway.main import create_app
 
-API_KEY = "test-key-0123456789"
+API_KEY = "test-key-0123456789"  # an admin key too: tests read events and dead letters
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
+PLAIN_KEY = "test-plain-key-0123456789"  # submits and reads its own jobs only
+PLAIN = {"Authorization": f"Bearer {PLAIN_KEY}"}
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -83,11 +85,12 @@ def prefix() -> str:
 
 
 def make_settings(redis_url: str, prefix: str, **overrides: Any) -> Settings:
-    """Test settings: dev mode, one API key, the given Redis."""
+    """Test settings: dev mode, an admin and a plain API key, the given Redis."""
     values: dict[str, Any] = {
         "redis_url": redis_url,
         "redis_key_prefix": prefix,
-        "api_keys": [SecretStr(API_KEY)],
+        "api_keys": [SecretStr(PLAIN_KEY)],
+        "admin_api_keys": [SecretStr(API_KEY)],
         "environment": "dev",
     }
     values.update(overrides)
@@ -98,7 +101,12 @@ def process_env(redis_url: str, prefix: str, **extra: str) -> dict[str, str]:
     """Environment for a gateway child process talking to ``redis_url``."""
     env = dict(os.environ)
     env.update(
-        REDIS_URL=redis_url, REDIS_KEY_PREFIX=prefix, API_KEYS=API_KEY, ENVIRONMENT="dev", **extra
+        REDIS_URL=redis_url,
+        REDIS_KEY_PREFIX=prefix,
+        API_KEYS=PLAIN_KEY,
+        ADMIN_API_KEYS=API_KEY,
+        ENVIRONMENT="dev",
+        **extra,
     )
     return env
 

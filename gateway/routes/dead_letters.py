@@ -1,7 +1,8 @@
 """Dead letters: list what ended without success, replay one, or replay a kind over a time range.
 
-An operator's view: every API key sees every dead letter (jobs stay private to their caller in
-/v1/jobs). Replay starts the job or delivery again with the same id, so receivers recognise it.
+An operator's view: every admin key (ADMIN_API_KEYS) sees every dead letter (jobs stay private to
+their caller in /v1/jobs). Replay starts the job or delivery again with the same id, so receivers
+recognise it.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, BeforeValidator, Field
 
-from gateway.deps import OwnerDep
+from gateway.deps import AdminDep
 from gateway.errors import ApiError, responses
 from tasks.dead_letters import DeadLetters
 
@@ -74,10 +75,10 @@ def _epoch(moment: datetime | None, default: float) -> float:
     return moment.timestamp() if moment is not None else default
 
 
-@router.get("", response_model=list[DeadLetter], responses=responses(401, 422, 503))
+@router.get("", response_model=list[DeadLetter], responses=responses(401, 403, 422, 503))
 async def list_dead_letters(
     request: Request,
-    _: OwnerDep,
+    _: AdminDep,
     kind: str | None = None,
     since: IsoTime | None = None,
     until: IsoTime | None = None,
@@ -93,9 +94,9 @@ async def list_dead_letters(
     "/{dead_letter_id}/replay",
     status_code=202,
     response_model=Replayed,
-    responses=responses(401, 404, 503),
+    responses=responses(401, 403, 404, 503),
 )
-async def replay_one(dead_letter_id: str, request: Request, _: OwnerDep) -> Replayed:
+async def replay_one(dead_letter_id: str, request: Request, _: AdminDep) -> Replayed:
     """Start one dead letter again ('job:<id>' or 'delivery:<id>')."""
     if not await _store(request).replay(dead_letter_id):
         raise ApiError("dead_letter_not_found", f"no dead letter {dead_letter_id}")
@@ -103,9 +104,12 @@ async def replay_one(dead_letter_id: str, request: Request, _: OwnerDep) -> Repl
 
 
 @router.post(
-    "/replay", status_code=202, response_model=Replayed, responses=responses(400, 401, 422, 503)
+    "/replay",
+    status_code=202,
+    response_model=Replayed,
+    responses=responses(400, 401, 403, 422, 503),
 )
-async def replay_many(body: BulkReplay, request: Request, _: OwnerDep) -> Replayed:
+async def replay_many(body: BulkReplay, request: Request, _: AdminDep) -> Replayed:
     """Start again every dead letter of a kind in a time range."""
     store = _store(request)
     entries = await store.list(

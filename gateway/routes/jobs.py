@@ -33,10 +33,11 @@ class JobAccepted(BaseModel):
 
 
 class DeliveryView(BaseModel):
-    """One outbound delivery (a callback) and its attempts."""
+    """One outbound delivery (a callback, a forward, or to an endpoint) and its attempts."""
 
     id: str
     url: str
+    endpoint_id: str | None = None
     event_type: str | None = None
     status: str
     attempts: list[dict[str, Any]]

@@ -15,7 +15,7 @@ from pydantic import BaseModel
 
 from core.statuses import EventStatus
 from gateway.body import encodable
-from gateway.deps import OwnerDep
+from gateway.deps import AdminDep
 from gateway.errors import ApiError, responses
 from gateway.metrics import count_webhook
 from gateway.routes.jobs import DeliveryView
@@ -140,13 +140,13 @@ async def _record(inbound: InboundWebhook, request: Request) -> tuple[JSONRespon
     return JSONResponse(body, status_code=202), "accepted" if accepted else "ignored"
 
 
-@events_router.get("/{event_id}", response_model=EventView, responses=responses(401, 404, 503))
+@events_router.get("/{event_id}", response_model=EventView, responses=responses(401, 403, 404, 503))
 async def get_event(
-    event_id: str, request: Request, _: OwnerDep, body: bool = False
+    event_id: str, request: Request, _: AdminDep, body: bool = False
 ) -> dict[str, Any]:
     """An event's status, matched routes, started jobs and deliveries (``?body=true``: raw body).
 
-    An operator's view, like dead letters: every API key sees every event.
+    An operator's view, like dead letters: every admin key sees every event.
     """
     view = await _events(request).view(event_id, with_body=body)
     if view is None:

@@ -308,9 +308,12 @@ def test_failures_pause_then_probes_then_a_success_resumes(stack: Stack) -> None
 def test_410_disables_at_once_emits_its_event_holds_then_releases(stack: Stack) -> None:
     watcher = stack.endpoint("/watch", event_types='["endpoint.disabled"]')
     gone = stack.endpoint("/gone", event_types='["invoice.*"]')
+    version = int(stack.client.get(stack.keys.endpoints_version) or 0)
     stack.send([gone, watcher], 1, tag="gone")
 
     stack.wait(lambda: stack.status_of(gone) == "disabled", 30)
+    # every worker's endpoint cache is told, so fan-out stops offering events to it
+    assert int(stack.client.get(stack.keys.endpoints_version) or 0) == version + 1
     reason = stack.client.hget(stack.keys.endpoint(gone), "disabled_reason")
     assert reason == b"410 Gone from 127.0.0.1"
     [event] = stack.wait(

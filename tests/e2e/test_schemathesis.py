@@ -10,6 +10,8 @@ schema-valid data may still be refused (400/422) for rules it cannot state (an R
 callback_url the outbound policy accepts, base64 that decodes), and schema-invalid data may be
 taken (202) where pydantic's lax mode converts it (0/1 for a bool, "5" or 5.0 for an int), as the
 API always has. Every other check holds there too: never a 5xx, every answer as documented.
+Endpoints (/v1/endpoints...) have the first allowance too: a URL the outbound policy refuses (400),
+an extra header the gateway sets itself (422), an id that names no endpoint (404).
 """
 
 from __future__ import annotations
@@ -32,6 +34,10 @@ CONFIG = """
 include-path-regex = "^/v1/jobs/(echo|email|llm|file)$"
 checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "409", "422"]
 checks.negative_data_rejection.expected-statuses = ["202", "400", "401", "409", "413", "415", "422"]
+
+[[operations]]
+include-path-regex = "^/v1/endpoints"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "404", "422"]
 """
 
 

@@ -18,7 +18,7 @@ DEV_KEY_HASH = hashlib.sha256(DEV_API_KEY.encode()).hexdigest()
 
 
 def build(monkeypatch: pytest.MonkeyPatch, **env: str) -> Settings:
-    for name in ("API_KEYS", "ENVIRONMENT", "SMTP_HOST", "ALLOW_DEV_ON_PUBLIC"):
+    for name in ("API_KEYS", "ADMIN_API_KEYS", "ENVIRONMENT", "SMTP_HOST", "ALLOW_DEV_ON_PUBLIC"):
         monkeypatch.delenv(name, raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
@@ -39,6 +39,30 @@ def test_dev_with_api_keys_accepts_only_those(monkeypatch: pytest.MonkeyPatch) -
     settings = build(monkeypatch, ENVIRONMENT="dev", API_KEYS="my-own-key-123")
     assert DEV_KEY_HASH not in settings.api_key_hashes()
     assert not settings.accepts_dev_api_key
+
+
+def test_in_dev_the_dev_key_is_an_admin_key_unless_admin_keys_are_set(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert build(monkeypatch, ENVIRONMENT="dev").admin_key_hashes() == (DEV_KEY_HASH,)
+    own = build(monkeypatch, ENVIRONMENT="dev", API_KEYS="my-own-key-123")
+    assert own.admin_key_hashes() == ()  # the dev key is not accepted at all
+    chosen = build(monkeypatch, ENVIRONMENT="dev", ADMIN_API_KEYS="my-admin-key-123")
+    admin_hash = hashlib.sha256(b"my-admin-key-123").hexdigest()
+    assert chosen.admin_key_hashes() == (admin_hash,)
+    # an admin key is an API key too; the dev key stays a plain one
+    assert set(chosen.api_key_hashes()) == {DEV_KEY_HASH, admin_hash}
+
+
+def test_production_refuses_a_placeholder_admin_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ValueError, match="ADMIN_API_KEYS holds a placeholder"):
+        build(
+            monkeypatch,
+            ENVIRONMENT="production",
+            API_KEYS="a-real-key-0123456789",
+            ADMIN_API_KEYS=DEV_API_KEY,
+            SIGNING_SECRETS="whsec_" + "QUJD" * 8,
+        )
 
 
 def test_production_without_api_keys_refuses_to_start(monkeypatch: pytest.MonkeyPatch) -> None:
