@@ -190,7 +190,7 @@ def test_the_walk_sees_the_whole_tree() -> None:
     layer_pairs = {(s.split(".")[0], t.split(".")[0]) for s, t in pairs}
     assert {("gateway", "tasks"), ("tasks", "core"), ("core", "handlers")} <= layer_pairs
     # ~0.1 s on the 2-core CI machine; a bound that holds under load, so the test stays cheap
-    assert elapsed < 1.0, f"reading the import graph took {elapsed:.2f}s"
+    assert elapsed < 5.0, f"reading the import graph took {elapsed:.2f}s"
 
 
 def test_arrows_only_run_down() -> None:

@@ -103,10 +103,11 @@ def test_an_idempotency_key_beyond_ascii_is_stored_and_replayed(client: TestClie
         b'"delay_seconds": 1e400',  # parsed as infinity
         b'"delay_seconds": %d' % (MAX_DELAY + 1),
         b'"run_at": "9999-12-31T23:59:59Z"',
-        # a day past the limit: the case is built at collection, minutes before it runs
+        # two days past the limit, on a day boundary: the case is built at collection, minutes
+        # before it runs, and must read the same in every test process (pytest-xdist compares)
         b'"run_at": "%b"'
         % time.strftime(
-            "%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + MAX_DELAY + 86400)
+            "%Y-%m-%dT00:00:00Z", time.gmtime(time.time() + MAX_DELAY + 2 * 86400)
         ).encode(),
     ],
 )
