@@ -8,7 +8,7 @@ space-separated, so receivers keep verifying through a key rotation).
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -49,14 +49,23 @@ def signed_headers(
 
 
 async def deliver(
-    client: httpx.AsyncClient, url: str, msg_id: str, body: bytes, keys: Sequence[bytes]
+    client: httpx.AsyncClient,
+    url: str,
+    msg_id: str,
+    body: bytes,
+    keys: Sequence[bytes],
+    extra_headers: Mapping[str, str] | None = None,
 ) -> Attempt:
-    """POST ``body`` to ``url`` once: 2xx delivered; 410 or a refused address stop; else retry."""
+    """POST ``body`` to ``url`` once: 2xx delivered; 410 or a refused address stop; else retry.
+
+    ``extra_headers`` (the attempt's ``traceparent``/``tracestate``) go out beside the signature.
+    """
     started = time.perf_counter()
+    headers = signed_headers(keys, msg_id, body)
+    if extra_headers:
+        headers.update(extra_headers)
     try:
-        response = await post_limited(
-            client, url, content=body, headers=signed_headers(keys, msg_id, body)
-        )
+        response = await post_limited(client, url, content=body, headers=headers)
     except TransientError as exc:
         return Attempt("retry", None, _ms(started), exc.detail[:EXCERPT], exc.retry_after)
     except PermanentError as exc:  # a refused address or URL: retrying cannot help

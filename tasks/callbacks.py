@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 from core.retry import policy_for
 from core.settings import get_settings
 from core.statuses import DELIVERY_DEAD_LETTER, DeliveryStatus
+from core.tracing import TraceContext, from_record, traced
 from handlers.delivery import deliver
 from handlers.signing import standard_webhooks_key
 from tasks import loop
@@ -51,11 +53,20 @@ def run_delivery(delivery_id: str) -> str | None:
     record = loop.run(claim(fast_redis(), k, delivery_id))
     if record is None:
         return None
+    # each attempt is a span of the trace that made the delivery; its id goes out as traceparent
+    with traced(from_record(record)) as trace:
+        return _attempt(delivery_id, record, trace)
+
+
+def _attempt(delivery_id: str, record: dict[str, Any], trace: TraceContext) -> str:
+    k = keys()
     number = int(record["attempts"])
     body = str(record["body"]).encode()
     # the process's one guarded client (tasks/clients.py), shared with attachment fetches
     client = get_clients().outbound
-    outcome = loop.run(deliver(client, record["url"], delivery_id, body, signing_keys()))
+    outcome = loop.run(
+        deliver(client, record["url"], delivery_id, body, signing_keys(), trace.headers())
+    )
     policy = policy_for("callbacks", CALLBACK_POLICY)
     if outcome.verdict == "retry" and number < int(record["max_attempts"]):
         status = DeliveryStatus.RETRYING

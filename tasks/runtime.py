@@ -24,6 +24,7 @@ from core.kinds import KINDS, Kind
 from core.retry import policy_for
 from core.settings import get_settings
 from core.statuses import JOB_DEAD_LETTER, JobStatus
+from core.tracing import current_fields, from_record, traced
 from core.validation import error_record, summary
 from handlers.errors import PermanentError, TransientError
 from tasks import loop
@@ -111,6 +112,12 @@ def run_job(job_id: str) -> str | None:
         log.info("job %s is unknown or already final; message dropped", job_id)
         return None
     job = decode(fields)
+    # this run is a span of the job's trace: log lines and the callback it queues carry it
+    with traced(from_record(job)):
+        return _run_claimed(job_id, job)
+
+
+def _run_claimed(job_id: str, job: dict[str, Any]) -> str:
     kind = KINDS.get(job["kind"])
     if kind is None:
         error = error_record("unknown_kind", f"no kind {job['kind']!r}")
@@ -191,6 +198,7 @@ def _finish(
             owner=job.get("owner") or "",
             max_attempts=policy_for("callbacks", CALLBACK_POLICY).max_attempts,
             ttl=get_settings().job_ttl_seconds,
+            **current_fields(),
         )
     if status in JOB_DEAD_LETTER:
         # dead letters keep their job record until replayed or purged

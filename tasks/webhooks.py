@@ -24,6 +24,7 @@ from core.retry import default_policy, policy_for
 from core.settings import get_settings
 from core.sources import LoadedSource, load_sources
 from core.statuses import EVENT_FINAL, EventStatus
+from core.tracing import current_fields, from_record, traced
 from core.validation import error_record, summary
 from tasks.app import app
 from tasks.claims import EVENT_CLAIM, claim_sync
@@ -59,11 +60,13 @@ def process_event(event_id: str) -> str | None:
         log.info("event %s is unknown or already final; message dropped", event_id)
         return None
     event = decode(fields)
-    try:
-        return _route(event)
-    except Exception as exc:  # Redis trouble, or a bug: try again later, then give up visibly
-        log.exception("event %s could not be processed", event_id)
-        return _retry_or_fail(event, exc)
+    # processing is a span of the event's trace: the jobs it submits and its forwards join it
+    with traced(from_record(event)):
+        try:
+            return _route(event)
+        except Exception as exc:  # Redis trouble, or a bug: try again later, then give up visibly
+            log.exception("event %s could not be processed", event_id)
+            return _retry_or_fail(event, exc)
 
 
 def _route(event: dict[str, Any]) -> str:
@@ -153,6 +156,7 @@ def _finish(
                         max_attempts=max_attempts,
                         ttl=ttl,
                         delivery_id=forward.delivery_id,
+                        **current_fields(),
                     )
                 pipe.hset(key, mapping=fields)
                 pipe.expire(key, ttl)

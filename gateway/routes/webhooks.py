@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from core.statuses import EventStatus
+from core.tracing import enter, ingest
 from gateway.body import encodable
 from gateway.deps import OwnerDep
 from gateway.errors import ApiError, responses
@@ -106,6 +107,9 @@ async def receive_webhook(inbound: VerifiedWebhook, request: Request) -> JSONRes
     if not encodable(event_type) or (delivery_id is not None and not encodable(delivery_id)):
         raise ApiError("invalid_json", "the event's type or id is not valid Unicode")
     accepted = matches(event_type, config.events)
+    traceparent = request.headers.get("traceparent")
+    trace = ingest(traceparent, request.headers.get("tracestate") if traceparent else None)
+    enter(trace)
     event = NewEvent(
         id=new_id(),
         source=config.name,
@@ -115,12 +119,15 @@ async def receive_webhook(inbound: VerifiedWebhook, request: Request) -> JSONRes
         body=inbound.body,
         status=EventStatus.RECEIVED if accepted else EventStatus.IGNORED,
         reason=None if accepted else "event type not accepted by this source",
+        traceparent=trace.traceparent,
+        tracestate=trace.state,
     )
     original = await _events(request).record(event)
     if original is not None:
         body = {"id": original, "duplicate": True, "status_url": f"/v1/events/{original}"}
         return JSONResponse(body, status_code=200)
-    return JSONResponse({"id": event.id, "status_url": f"/v1/events/{event.id}"}, status_code=202)
+    accepted_body = {"id": event.id, "status_url": f"/v1/events/{event.id}"}
+    return JSONResponse(accepted_body, 202, {"traceresponse": trace.traceparent})
 
 
 @events_router.get("/{event_id}", response_model=EventView, responses=responses(401, 404, 503))
