@@ -157,6 +157,11 @@ class Settings(BaseSettings):
     # protocol has no limit of its own).
     max_header_bytes: int = Field(default=32 * 1024, ge=1024)
 
+    # OpenTelemetry: spans (ingest, job run, delivery attempt, event processing) go to this
+    # OTLP/HTTP collector (e.g. http://localhost:4318) when set; needs the `otel` extra.
+    otel_exporter_otlp_endpoint: str | None = None
+    otel_service_name: str = "webhook-gateway"
+
     @field_validator(
         "api_keys",
         "signing_secrets",

@@ -11,10 +11,14 @@ from __future__ import annotations
 import os
 import random
 import re
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
+from typing import Any
+
+from core import otel
 
 # Past this a tracestate is cut at a list-member boundary (the spec's 32 members of at most
 # 256 characters each would allow ~8 kB on every record and every outbound request).
@@ -175,10 +179,26 @@ def enter(trace: TraceContext) -> None:
 
 
 @contextmanager
-def traced(trace: TraceContext) -> Iterator[TraceContext]:
-    """Make ``trace`` the current span for the duration of a job run, delivery or event."""
+def traced(
+    trace: TraceContext,
+    name: str = "",
+    *,
+    kind: str = "internal",
+    attributes: dict[str, Any] | None = None,
+) -> Iterator[TraceContext]:
+    """Make ``trace`` the current span for the duration of a job run, delivery or event.
+
+    With a ``name``, the span is exported when it ends (core/otel.py), if export is on.
+    """
     token = _current.set(trace)
+    started = time.time_ns()
+    failed = False
     try:
         yield trace
+    except BaseException:
+        failed = True
+        raise
     finally:
         _current.reset(token)
+        if name:
+            otel.record(name, trace, started, kind=kind, attributes=attributes, failed=failed)

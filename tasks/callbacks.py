@@ -54,7 +54,8 @@ def run_delivery(delivery_id: str) -> str | None:
     if record is None:
         return None
     # each attempt is a span of the trace that made the delivery; its id goes out as traceparent
-    with traced(from_record(record)) as trace:
+    span = {"gateway.delivery_id": delivery_id, "gateway.attempt": record["attempts"]}
+    with traced(from_record(record), "delivery.attempt", kind="client", attributes=span) as trace:
         return _attempt(delivery_id, record, trace)
 
 

@@ -113,7 +113,12 @@ def run_job(job_id: str) -> str | None:
         return None
     job = decode(fields)
     # this run is a span of the job's trace: log lines and the callback it queues carry it
-    with traced(from_record(job)):
+    span = {
+        "gateway.job_id": job_id,
+        "gateway.kind": job["kind"],
+        "gateway.attempt": job["attempts"],
+    }
+    with traced(from_record(job), "job.run", kind="consumer", attributes=span):
         return _run_claimed(job_id, job)
 
 

@@ -61,7 +61,8 @@ def process_event(event_id: str) -> str | None:
         return None
     event = decode(fields)
     # processing is a span of the event's trace: the jobs it submits and its forwards join it
-    with traced(from_record(event)):
+    span = {"gateway.event_id": event_id, "gateway.source": event.get("source") or ""}
+    with traced(from_record(event), "event.process", kind="consumer", attributes=span):
         try:
             return _route(event)
         except Exception as exc:  # Redis trouble, or a bug: try again later, then give up visibly

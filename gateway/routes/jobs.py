@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ValidationError
 
+from core import otel
 from core.kinds import KINDS
 from core.settings import Settings
 from core.tracing import enter, ingest
@@ -86,6 +88,7 @@ def _submit_endpoint(known: str | None) -> Callable[[Request], Coroutine[Any, An
         settings: Settings = state.settings
         jobs: JobStore = state.jobs
         idempotency_key = request.headers.get("idempotency-key")
+        started = time.time_ns()
         traceparent = request.headers.get("traceparent")
         trace = ingest(traceparent, request.headers.get("tracestate") if traceparent else None)
         enter(trace)
@@ -130,6 +133,9 @@ def _submit_endpoint(known: str | None) -> Callable[[Request], Coroutine[Any, An
             status = current["status"] if current else "queued"
             return _accepted(job_id, status, {"Idempotent-Replayed": "true"})
         status = "scheduled" if plan.job.due else "queued"
+        if otel.exporting():
+            attributes = {"gateway.job_id": plan.job.id, "gateway.kind": kind}
+            otel.record("POST /v1/jobs", trace, started, kind="server", attributes=attributes)
         return _accepted(plan.job.id, status, {"traceresponse": trace.traceparent})
 
     return submit_job

@@ -7,12 +7,14 @@ is acknowledged (202) and recorded as ``ignored``, not bounced. Bodies we cannot
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
+from core import otel
 from core.statuses import EventStatus
 from core.tracing import enter, ingest
 from gateway.body import encodable
@@ -107,6 +109,7 @@ async def receive_webhook(inbound: VerifiedWebhook, request: Request) -> JSONRes
     if not encodable(event_type) or (delivery_id is not None and not encodable(delivery_id)):
         raise ApiError("invalid_json", "the event's type or id is not valid Unicode")
     accepted = matches(event_type, config.events)
+    started = time.time_ns()
     traceparent = request.headers.get("traceparent")
     trace = ingest(traceparent, request.headers.get("tracestate") if traceparent else None)
     enter(trace)
@@ -126,6 +129,9 @@ async def receive_webhook(inbound: VerifiedWebhook, request: Request) -> JSONRes
     if original is not None:
         body = {"id": original, "duplicate": True, "status_url": f"/v1/events/{original}"}
         return JSONResponse(body, status_code=200)
+    if otel.exporting():
+        attributes = {"gateway.event_id": event.id, "gateway.source": config.name}
+        otel.record("POST /v1/webhooks", trace, started, kind="server", attributes=attributes)
     accepted_body = {"id": event.id, "status_url": f"/v1/events/{event.id}"}
     return JSONResponse(accepted_body, 202, {"traceresponse": trace.traceparent})
 
