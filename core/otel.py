@@ -15,10 +15,7 @@ import atexit
 import logging
 import os
 import time
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from core.tracing import TraceContext
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -45,17 +42,18 @@ class _Exporter:
     def record(
         self,
         name: str,
-        trace: TraceContext,
+        ids: tuple[str, str, str, str],
         started_ns: int,
         kind: str,
         attributes: dict[str, Any],
         failed: bool,
     ) -> None:
-        flags = self.flags(int(trace.flags, 16))
-        context = self.context(int(trace.trace_id, 16), int(trace.span_id, 16), False, flags)
+        trace_id, span_id, parent_id, hex_flags = ids
+        flags = self.flags(int(hex_flags, 16))
+        context = self.context(int(trace_id, 16), int(span_id, 16), False, flags)
         parent = None
-        if trace.parent_id:
-            parent = self.context(int(trace.trace_id, 16), int(trace.parent_id, 16), True, flags)
+        if parent_id:
+            parent = self.context(int(trace_id, 16), int(parent_id, 16), True, flags)
         span = self.span_type(
             name=name,
             context=context,
@@ -105,17 +103,18 @@ def exporting() -> bool:
 
 def record(
     name: str,
-    trace: TraceContext,
+    ids: tuple[str, str, str, str],
     started_ns: int,
     *,
     kind: str = "internal",
     attributes: dict[str, Any] | None = None,
     failed: bool = False,
 ) -> None:
-    """Export one finished span of ``trace`` that began at ``started_ns`` (if exporting)."""
+    """Export one finished span that began at ``started_ns`` (if exporting); ``ids`` are its
+    trace id, span id, parent span id ('' for none) and flags, as hex (core/tracing.py)."""
     if exporting():
         assert _exporter is not None
-        _exporter.record(name, trace, started_ns, kind, attributes or {}, failed)
+        _exporter.record(name, ids, started_ns, kind, attributes or {}, failed)
 
 
 def flush(timeout_ms: int = 5000) -> None:

@@ -162,6 +162,11 @@ def current_trace() -> TraceContext | None:
     return _current.get()
 
 
+def exporting() -> bool:
+    """Whether spans are exported (core/otel.py): callers skip building attributes when not."""
+    return otel.exporting()
+
+
 def current_trace_id() -> str | None:
     """The trace id of the span this code runs in, for log lines; None outside any."""
     trace = _current.get()
@@ -201,4 +206,18 @@ def traced(
     finally:
         _current.reset(token)
         if name:
-            otel.record(name, trace, started, kind=kind, attributes=attributes, failed=failed)
+            export(name, trace, started, kind=kind, attributes=attributes, failed=failed)
+
+
+def export(
+    name: str,
+    trace: TraceContext,
+    started_ns: int,
+    *,
+    kind: str = "internal",
+    attributes: dict[str, Any] | None = None,
+    failed: bool = False,
+) -> None:
+    """Export ``trace``'s span, begun at ``started_ns`` and ending now, if export is on."""
+    ids = (trace.trace_id, trace.span_id, trace.parent_id, trace.flags)
+    otel.record(name, ids, started_ns, kind=kind, attributes=attributes, failed=failed)

@@ -10,10 +10,9 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ValidationError
 
-from core import otel
 from core.kinds import KINDS
 from core.settings import Settings
-from core.tracing import enter, ingest
+from core.tracing import enter, export, exporting, ingest
 from gateway.auth import authenticate
 from gateway.body import parse_object, read_limited, require_json
 from gateway.deps import JobsDep, KeysDep, OwnerDep
@@ -133,9 +132,9 @@ def _submit_endpoint(known: str | None) -> Callable[[Request], Coroutine[Any, An
             status = current["status"] if current else "queued"
             return _accepted(job_id, status, {"Idempotent-Replayed": "true"})
         status = "scheduled" if plan.job.due else "queued"
-        if otel.exporting():
+        if exporting():
             attributes = {"gateway.job_id": plan.job.id, "gateway.kind": kind}
-            otel.record("POST /v1/jobs", trace, started, kind="server", attributes=attributes)
+            export("POST /v1/jobs", trace, started, kind="server", attributes=attributes)
         return _accepted(plan.job.id, status, {"traceresponse": trace.traceparent})
 
     return submit_job

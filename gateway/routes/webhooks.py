@@ -14,9 +14,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-from core import otel
 from core.statuses import EventStatus
-from core.tracing import enter, ingest
+from core.tracing import enter, export, exporting, ingest
 from gateway.body import encodable
 from gateway.deps import OwnerDep
 from gateway.errors import ApiError, responses
@@ -129,9 +128,9 @@ async def receive_webhook(inbound: VerifiedWebhook, request: Request) -> JSONRes
     if original is not None:
         body = {"id": original, "duplicate": True, "status_url": f"/v1/events/{original}"}
         return JSONResponse(body, status_code=200)
-    if otel.exporting():
+    if exporting():
         attributes = {"gateway.event_id": event.id, "gateway.source": config.name}
-        otel.record("POST /v1/webhooks", trace, started, kind="server", attributes=attributes)
+        export("POST /v1/webhooks", trace, started, kind="server", attributes=attributes)
     accepted_body = {"id": event.id, "status_url": f"/v1/events/{event.id}"}
     return JSONResponse(accepted_body, 202, {"traceresponse": trace.traceparent})
 
