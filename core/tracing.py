@@ -12,11 +12,11 @@ import os
 import random
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from core import otel
 
@@ -32,6 +32,8 @@ _PRINTABLE = re.compile(r"[\x20-\x7e]*")
 
 # Ids come from the process's PRNG, reseeded from os.urandom at start and after every fork (as
 # tasks/protocol.py new_id): one is minted per request on the ingest hot path. Not secret.
+T = TypeVar("T")
+
 _random = random.Random()
 os.register_at_fork(after_in_child=_random.seed)
 
@@ -160,6 +162,34 @@ _current: ContextVar[TraceContext | None] = ContextVar("current_trace", default=
 def current_trace() -> TraceContext | None:
     """The span this code runs in (set by ``traced``), if any."""
     return _current.get()
+
+
+def client_call(
+    name: str, call: Callable[[dict[str, str]], Coroutine[Any, Any, T]]
+) -> Coroutine[Any, Any, T]:
+    """An outbound call made in a new child span of the current one: ``call`` gets the span's
+    headers, and the span is exported when the call's coroutine ends (no span outside a trace).
+
+    Built where the current span is set (a job's run), since the coroutine itself runs on the
+    process loop, outside that context.
+    """
+    trace = _current.get()
+    if trace is None:
+        return call({})
+    span = trace.child()
+    return _timed(name, span, call(span.headers()))
+
+
+async def _timed(name: str, span: TraceContext, call: Coroutine[Any, Any, T]) -> T:
+    started = time.time_ns()
+    failed = False
+    try:
+        return await call
+    except BaseException:
+        failed = True
+        raise
+    finally:
+        export(name, span, started, kind="client", failed=failed)
 
 
 def exporting() -> bool:

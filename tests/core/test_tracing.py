@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 
@@ -154,3 +155,26 @@ def test_the_current_trace_is_set_for_the_block_only() -> None:
     with traced(TraceContext(TRACE, PARENT)):
         assert current_trace_id() == TRACE
     assert current_trace_id() is None
+
+
+def test_a_client_call_gets_a_child_spans_headers_inside_a_trace_and_none_outside() -> None:
+    seen: list[dict[str, str]] = []
+
+    async def call(headers: dict[str, str]) -> str:
+        seen.append(headers)
+        return "done"
+
+    assert asyncio.run(tracing.client_call("out", call)) == "done"
+    with traced(TraceContext(TRACE, PARENT, "01", "a=1")):
+        coroutine = tracing.client_call("out", call)
+    assert asyncio.run(coroutine) == "done"  # awaited outside the span, as on the process loop
+    outside, inside = seen
+    assert outside == {}
+    trace_id, span_id, _ = ids_of(inside["traceparent"])
+    assert (trace_id, inside["tracestate"]) == (TRACE, "a=1") and span_id != PARENT
+
+
+def ids_of(traceparent: str) -> tuple[str, str, str]:
+    parsed = parse_traceparent(traceparent)
+    assert parsed is not None
+    return parsed
