@@ -4,6 +4,7 @@ A job or event keeps the context it came in with as ``traceparent`` (our ingest 
 parent) and ``tracestate`` on its record; every run of it and every outbound request it makes is a
 child span: the same trace id, a new span id. A malformed ``traceparent`` is ignored and a new
 trace started, as the spec says (never an error to the caller); ``tracestate`` then goes too.
+One piece: reading, minting, the current span and handing spans to core/otel.py are one contract.
 """
 
 from __future__ import annotations
@@ -29,10 +30,10 @@ _ZERO_TRACE = "0" * 32
 _ZERO_SPAN = "0" * 16
 _PRINTABLE = re.compile(r"[\x20-\x7e]*")
 
-# Ids come from the process's PRNG, reseeded from os.urandom at start and after every fork (as
-# tasks/protocol.py new_id): one is minted per request on the ingest hot path. Not secret.
 T = TypeVar("T")
 
+# Ids come from the process's PRNG, reseeded from os.urandom at start and after every fork (as
+# tasks/protocol.py new_id): one is minted per request on the ingest hot path. Not secret.
 _random = random.Random()
 os.register_at_fork(after_in_child=_random.seed)
 
