@@ -100,7 +100,7 @@ def receiver() -> Iterator[Receiver]:
 def api(
     redis_server: str, tmp_path_factory: pytest.TempPathFactory, collector: Collector
 ) -> Iterator[tuple[TestClient, Processes]]:
-    url = f"{redis_server}/4"
+    url = f"{redis_server}/5"
     redis.Redis.from_url(url).flushdb()
     prefix = f"otel-{uuid.uuid4().hex[:6]}:"
     tmp: Path = tmp_path_factory.mktemp("otel")
