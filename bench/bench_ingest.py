@@ -476,7 +476,7 @@ def show(r: Result) -> None:
     enq = r.extra.get("enqueued")
     tail = f"  enqueued {enq}" if enq is not None else ""
     print(
-        f"  {r.name:<8} {r.rps:9.0f} req/s   p50 {r.p50_ms:7.2f} ms   p99 {r.p99_ms:7.2f} ms   "
+        f"  {r.name:<11} {r.rps:9.0f} req/s   p50 {r.p50_ms:7.2f} ms   p99 {r.p99_ms:7.2f} ms   "
         f"non-2xx {r.non2xx}   errors {r.socket_errors}   "
         f"server CPU {r.server_cpu_us:5.0f} us/req   core busy {r.core_busy:4.0%} "
         f"(others {r.others_busy:4.0%})   ({r.requests} req, {r.extra.get('loader')}){tail}",
@@ -507,7 +507,8 @@ def main() -> int:
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds of load not measured")
     parser.add_argument("--threads", type=int, default=1, help="wrk threads")
     parser.add_argument("--runs", type=int, default=1, help="rounds of a, b, c; medians reported")
-    parser.add_argument("--phases", default="bare,naive,gateway")
+    # gateway: METRICS_ENABLED=true (the default); gateway-off: the same app with metrics off
+    parser.add_argument("--phases", default="bare,naive,gateway,gateway-off")
     parser.add_argument("--loader", choices=("wrk", "python"), default="wrk")
     parser.add_argument("--rate", type=float, default=0.0, help="constant total req/s (python)")
     parser.add_argument("--pin", choices=("auto", "off"), default="auto")
@@ -569,19 +570,24 @@ def ingest_mode(args, url, body, body_file, cpus) -> int:
     from tasks.queues import queue_for
 
     headers = {"Authorization": f"Bearer {API_KEY}"}
+    gateway_env = {
+        "REDIS_URL": url,
+        "API_KEYS": API_KEY,
+        "ENVIRONMENT": "dev",
+        **parse_env(args.server_env),
+    }
+    echo_queue = queue_for("jobs.echo")
     phases = {
         "bare": Phase("bare", "baselines:bare_app", {}, None),
         "naive": Phase("naive", "baselines:naive_app", {"BENCH_REDIS_URL": url}, "celery"),
         "gateway": Phase(
-            "gateway",
+            "gateway", args.gateway_target, {**gateway_env, "METRICS_ENABLED": "true"}, echo_queue
+        ),
+        "gateway-off": Phase(
+            "gateway-off",
             args.gateway_target,
-            {
-                "REDIS_URL": url,
-                "API_KEYS": API_KEY,
-                "ENVIRONMENT": "dev",
-                **parse_env(args.server_env),
-            },
-            queue_for("jobs.echo"),
+            {**gateway_env, "METRICS_ENABLED": "false"},
+            echo_queue,
         ),
     }
     chosen = [phases[name] for name in args.phases.split(",")]
@@ -597,7 +603,7 @@ def ingest_mode(args, url, body, body_file, cpus) -> int:
     print(f"summary (median of {args.runs} round(s)):")
     for name, rs in results.items():
         print(
-            f"  {name:<8} {rps[name]:9.0f} req/s   p50 {median([r.p50_ms for r in rs]):7.2f} ms"
+            f"  {name:<11} {rps[name]:9.0f} req/s   p50 {median([r.p50_ms for r in rs]):7.2f} ms"
             f"   p99 {median([r.p99_ms for r in rs]):7.2f} ms   non-2xx {sum(r.non2xx for r in rs)}"
             f"   server CPU {median([r.server_cpu_us for r in rs]):5.0f} us/req"
         )
@@ -609,6 +615,14 @@ def ingest_mode(args, url, body, body_file, cpus) -> int:
         cpu = {n: median([r.server_cpu_us for r in rs]) for n, rs in results.items()}
         print(
             f"      by server CPU per request (bare/gateway) = {cpu['bare'] / cpu['gateway']:5.2f}"
+        )
+    if "gateway-off" in rps and "bare" in rps:
+        print(f"      gateway-off/bare = {rps['gateway-off'] / rps['bare']:5.2f}   (metrics off)")
+    if "gateway-off" in rps and "gateway" in rps:
+        cpu = {n: median([r.server_cpu_us for r in rs]) for n, rs in results.items()}
+        print(
+            f"      metrics on/off: {rps['gateway'] / rps['gateway-off']:5.2f} req/s, "
+            f"{cpu['gateway'] - cpu['gateway-off']:+.1f} us/req server CPU"
         )
     if "gateway" in rps and "naive" in rps:
         print(f"  c/b gateway/naive = {rps['gateway'] / rps['naive']:5.2f}")

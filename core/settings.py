@@ -107,6 +107,14 @@ class Settings(BaseSettings):
         default_factory=lambda: [SecretStr(DEV_SIGNING_SECRET)]
     )
 
+    # Endpoints (tasks/endpoint_limits.py): failed attempts in a row that pause one; how often a
+    # paused one is probed; how long it may fail without a success before it is disabled; how soon
+    # a delivery waiting for an in-flight slot or its turn (ordered) is tried again.
+    endpoint_pause_after_failures: int = Field(default=5, ge=1)
+    endpoint_probe_interval_seconds: float = Field(default=30.0, gt=0)
+    endpoint_disable_after_seconds: float = Field(default=5 * 24 * 3600, ge=0)
+    endpoint_wait_seconds: float = Field(default=1.0, gt=0)
+
     # Per-kind retry overrides, JSON: {"callbacks": {"max_attempts": 8, "schedule": [5, 300]},
     # "email": {"max_attempts": 6, "base_seconds": 10}}. Keys: max_attempts, base_seconds,
     # max_seconds, jitter, schedule (seconds between attempts).
@@ -156,6 +164,13 @@ class Settings(BaseSettings):
     # The request line and headers of one request, together (431 beyond; uvicorn's httptools
     # protocol has no limit of its own).
     max_header_bytes: int = Field(default=32 * 1024, ge=1024)
+
+    # GET /metrics on the API's own port, open like most exporters (gateway/metrics.py: counts
+    # and route templates only, no ids or payloads); false: no route, no per-request counting.
+    metrics_enabled: bool = True
+    # A scrape reads queue state from Redis with this timeout: Redis down is `gateway_redis_up 0`
+    # within about this long, never a hung or failed scrape.
+    metrics_redis_timeout_seconds: float = Field(default=0.5, gt=0)
 
     # OpenTelemetry: spans (ingest, job run, delivery attempt, event processing) go to this
     # OTLP/HTTP collector (e.g. http://localhost:4318) when set; needs the `otel` extra.

@@ -1,14 +1,18 @@
-"""The `gateway` command: dev (everything), api, worker QUEUE..., beat."""
+"""The `gateway` command: dev (everything), api, worker QUEUE..., beat, status."""
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
+import tempfile
 import time
 
 from tasks.queues import QUEUES, THREADS_SWITCH_INTERVAL, WORKER_PROFILES
 
+# prometheus-client's multiprocess mode (gateway/metrics.py)
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # Beat ticks at least every 5 s (tasks/beat.py MAX_TICK_SECONDS); six missed ticks is stuck.
 BEAT_STALE_SECONDS = 30.0
 
@@ -33,7 +37,10 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help=f"exit 0 if a beat ticked within {BEAT_STALE_SECONDS:.0f} s (its liveness file)",
     )
+    sub.add_parser("status", help="queues, schedule, dead letters and workers, from Redis")
     args = parser.parse_args(argv)
+    if args.command == "status":
+        return print_status()
     if args.command == "api":
         return run_api(args.host, args.port, args.workers)
     if args.command == "worker":
@@ -48,15 +55,31 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_api(host: str, port: int, workers: int = 1) -> int:
     """Serve the API with uvicorn."""
-    import uvicorn
-
     from core.settings import get_settings
     from gateway.dev import announce_dev_key, check_bind
-    from gateway.http_limits import LimitedHttpToolsProtocol
 
     settings = get_settings()
     check_bind(settings, host)
     announce_dev_key(settings, "gateway api")
+    shared = None
+    if workers > 1 and MULTIPROC_ENV not in os.environ:
+        # each process would count only its own requests and a scrape reach one of them:
+        # prometheus-client's multiprocess mode shares the counts through files in a directory of
+        # this run's own (read before the processes start, so set here)
+        shared = tempfile.mkdtemp(prefix="gateway-metrics-")
+        os.environ[MULTIPROC_ENV] = shared
+    try:
+        _serve(host, port, workers)
+    finally:
+        if shared:
+            shutil.rmtree(shared, ignore_errors=True)
+    return 0
+
+
+def _serve(host: str, port: int, workers: int) -> None:
+    import uvicorn
+
+    from gateway.http_limits import LimitedHttpToolsProtocol
 
     uvicorn.run(
         "gateway.main:create_app",
@@ -70,7 +93,6 @@ def run_api(host: str, port: int, workers: int = 1) -> int:
         proxy_headers=False,
         log_level="info",
     )
-    return 0
 
 
 def run_worker(queues: list[str], pool: str | None, concurrency: int | None, loglevel: str) -> int:
@@ -159,6 +181,61 @@ def beat_healthcheck() -> int:
         return 1
     print(f"healthy: beat ticked {age:.0f} s ago")
     return 0
+
+
+def print_status() -> int:
+    """Print the queues' state as a table; 1 with a message if Redis cannot be read."""
+    import redis
+
+    from core.settings import get_settings
+    from tasks.keys import Keys
+    from tasks.monitor import snapshot
+
+    settings = get_settings()
+    where = _redacted(settings.redis_address)
+    timeout = settings.redis_timeout_seconds
+    client = redis.Redis.from_url(
+        settings.redis_address, socket_timeout=timeout, socket_connect_timeout=timeout
+    )
+    try:
+        state = snapshot(client, Keys(settings.redis_key_prefix), in_flight=True)
+    except redis.RedisError as exc:
+        print(f"error: cannot read Redis at {where}: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        client.close()
+    print(f"redis: {where} (key prefix {settings.redis_key_prefix!r})")
+    print(f"{'queue':<10} {'depth':>8} {'oldest age':>11} {'workers':>8} {'in flight':>10}")
+    for q in state.queues:
+        age = "-" if q.oldest_age_seconds is None else _duration(q.oldest_age_seconds)
+        print(f"{q.name:<10} {q.depth:>8} {age:>11} {q.workers_alive:>8} {q.in_flight or 0:>10}")
+    if state.workers_alive.get("unknown"):
+        print(f"(+{state.workers_alive['unknown']} worker(s) that do not say their queues)")
+    lag = _duration(state.schedule_lag_seconds)
+    print(f"scheduled: {state.scheduled} (earliest due entry {lag} late)")
+    dead = state.dead_letters_total
+    kinds = ", ".join(f"{k} {n}" for k, n in sorted(state.dead_letters.items()) if n)
+    print(f"dead letters: {dead}" + (f" ({kinds})" if kinds else ""))
+    return 0
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.1f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+def _redacted(url: str) -> str:
+    """The URL without its password (it is printed)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from core.destinations import check_destinations
 from core.settings import Settings, get_settings
 from core.sources import load_sources
 from gateway import errors, openapi
+from gateway.metrics import HttpMetrics, Metrics
 from gateway.redis_client import open_redis
 from gateway.routes import dead_letters, example, files, health, jobs, webhooks
 from gateway.webhooks.verifiers import inbound_sources
@@ -56,6 +57,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         yield
         await app.state.fast_redis.close()
         await app.state.redis.aclose()
+        if app.state.metrics is not None:
+            app.state.metrics.close()
 
     app = FastAPI(title="Webhook & job gateway", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings
@@ -81,4 +84,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         webhooks.events_router,
     ):
         app.router.routes.extend(router.routes)
+    app.state.metrics = None
+    if settings.metrics_enabled:
+        app.state.metrics = Metrics(settings, app.state.keys, app.state.webhook_sources)
+        app.add_middleware(HttpMetrics, metrics=app.state.metrics)
+        app.router.routes.append(app.state.metrics.route())
     return app

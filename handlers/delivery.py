@@ -58,12 +58,12 @@ async def deliver(
 ) -> Attempt:
     """POST ``body`` to ``url`` once: 2xx delivered; 410 or a refused address stop; else retry.
 
-    ``extra_headers`` (the attempt's ``traceparent``/``tracestate``) go out beside the signature.
+    ``extra_headers`` (an endpoint's own) go first: the signature headers always win.
     """
     started = time.perf_counter()
     headers = signed_headers(keys, msg_id, body)
     if extra_headers:
-        headers.update(extra_headers)
+        headers = {**{k.lower(): v for k, v in extra_headers.items()}, **headers}
     try:
         response = await post_limited(client, url, content=body, headers=headers)
     except TransientError as exc:

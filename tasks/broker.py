@@ -95,6 +95,7 @@ class Channel(kombu_redis.Channel):
                 float(self.liveness_ttl),
                 float(self.reap_interval),
                 self.queue_time_limits,
+                queue,
             )
         return super().basic_consume(queue, *args, **kwargs)
 

@@ -24,10 +24,11 @@ from tasks.store import decode, now_iso
 from tasks.submit import dispatch
 
 _REPLAY = f"""
--- KEYS: dead-letter zset, record hash, queue
--- ARGV: member, message, ttl, now, kind of record, attempts budget
+-- KEYS: dead-letter zset, record hash, queue, dead letters by kind (tasks/monitor.py)
+-- ARGV: member, message, ttl, now, kind of record, attempts budget, kind counted under
 -- Attempts keep counting (they are a true count of executions); the budget starts afresh.
 if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('HINCRBY', KEYS[4], ARGV[7], -1)
 local cap = tonumber(redis.call('HGET', KEYS[2], 'attempts') or '0') + tonumber(ARGV[6])
 if ARGV[5] == 'job' then
   redis.call('HSET', KEYS[2], 'status', {lua_string(JobStatus.QUEUED)}, 'max_attempts', cap,
@@ -122,12 +123,14 @@ class DeadLetters:
                 return False
             # the queue, message and budget a new job of its kind gets
             queue, message, budget = dispatch(spec, ident)
+            counted = spec.name
         else:
             queue = CALLBACKS
             message = task_message(DELIVER_TASK, ident, queue, [ident])
             budget = policy_for("callbacks", CALLBACK_POLICY).max_attempts
+            counted = "callback"
         done = await self._replay(
-            keys=[self.keys.dead_letters, key, queue],
-            args=[member, message, self.ttl, now_iso(), record_kind, budget],
+            keys=[self.keys.dead_letters, key, queue, self.keys.dead_letter_counts],
+            args=[member, message, self.ttl, now_iso(), record_kind, budget, counted],
         )
         return bool(done)

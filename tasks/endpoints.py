@@ -130,8 +130,11 @@ def offer(
     ttl: int,
 ) -> list[str]:
     """Queue one delivery of ``body`` per endpoint that wants it; returns the delivery ids."""
-    return [
-        add_delivery(
+    ids = []
+    for endpoint in endpoints:
+        if not endpoint.wants(event_type, source):
+            continue
+        delivery_id = add_delivery(
             writes,
             keys,
             url=endpoint.url,
@@ -142,6 +145,20 @@ def offer(
             ttl=ttl,
             endpoint_id=endpoint.id,
         )
-        for endpoint in endpoints
-        if endpoint.wants(event_type, source)
-    ]
+        if endpoint.ordered:
+            add_to_sequence(writes, keys, endpoint.id, delivery_id)
+        ids.append(delivery_id)
+    return ids
+
+
+def add_to_sequence(
+    writes: Pipeline | Commands, keys: Keys, endpoint_id: str, delivery_id: str
+) -> None:
+    """Queue an ordered endpoint's delivery in its sequence by acceptance (endpoint_limits.py)."""
+    # the offering process's clock, strictly rising: events offered one after another keep
+    # their order even within one clock tick
+    _last_accepted[0] = max(time.time(), _last_accepted[0] + 1e-6)
+    writes.zadd(keys.endpoint_limit(endpoint_id, "sequence"), {delivery_id: _last_accepted[0]})
+
+
+_last_accepted = [0.0]

@@ -66,3 +66,24 @@ class Keys:
     def endpoints(self) -> str:
         """Sorted set: endpoint ids by creation time (epoch s). No TTL."""
         return f"{self.prefix}endpoints"
+
+    @property
+    def dead_letter_counts(self) -> str:
+        """Hash: dead letters by kind (job kind or 'callback'), kept with the set. No TTL."""
+        return f"{self.prefix}dead:counts"
+
+    def endpoint_limit(self, endpoint_id: str, part: str) -> str:
+        """A delivery limit's state for one endpoint (tasks/endpoint_limits.py names each part).
+
+        inflight (zset, delivery id -> lease end), rate (string, GCRA arrival time), slots
+        (string, last wait slot handed out), probe (string, while a paused endpoint's probe is
+        not due): each expires on its own. sequence (zset, an ordered endpoint's undelivered ids
+        by acceptance), held (zset, ids held while disabled), parked / parked_order (hash + zset,
+        deliveries waiting out a pause): no TTL, emptied as deliveries go.
+        """
+        return f"{self.prefix}endpoint:{endpoint_id}:{part}"
+
+    @property
+    def counters(self) -> str:
+        """Hash: event counters by name ('endpoint.disabled'). No TTL."""
+        return f"{self.prefix}counters"

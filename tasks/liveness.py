@@ -54,11 +54,15 @@ class Liveness(threading.Thread):
         self.reaper = Reaper(client, unacked, index, reap_every, time_limits)
         self._halt = threading.Event()
         self._failing = False
+        # what the liveness key holds: the queues consumed, for gateway_workers_alive{queue}
+        # (replaced whole, never mutated: the thread reads it while consumers are added)
+        self.queues: tuple[str, ...] = ()
 
     def renew(self) -> None:
         """Set the liveness key for another TTL and make sure the consumer is on record."""
         pipe = self.client.pipeline(transaction=False)
-        pipe.set(self.keys.alive(self.consumer), "1", px=int(self.ttl * 1000))
+        value = ",".join(self.queues) or "1"
+        pipe.set(self.keys.alive(self.consumer), value, px=int(self.ttl * 1000))
         pipe.sadd(self.keys.registry, self.consumer)
         pipe.execute()
 
@@ -106,14 +110,18 @@ def ensure_running(
     ttl: float,
     every: float,
     time_limits: dict[str, float] | None = None,
+    queue: str | None = None,
 ) -> None:
-    """Start this process's liveness thread once (again in a forked child)."""
+    """Start this process's liveness thread once (again in a forked child); note ``queue``."""
     global _running
     with _lock:
-        if _running is not None and _running.is_alive() and _running.consumer == consumer_id():
-            return
-        _running = Liveness(client_factory(), unacked, index, ttl, every, time_limits)
-        _running.start()
+        if _running is None or not _running.is_alive() or _running.consumer != consumer_id():
+            _running = Liveness(client_factory(), unacked, index, ttl, every, time_limits)
+            if queue:
+                _running.queues = (queue,)
+            _running.start()
+        elif queue and queue not in _running.queues:
+            _running.queues = tuple(sorted({*_running.queues, queue}))
 
 
 def stop() -> None:

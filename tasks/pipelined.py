@@ -125,6 +125,9 @@ class Commands:
     def zadd(self, key: str, mapping: Mapping[Any, float]) -> None:
         self.items.append(("ZADD", key, *(part for m, v in mapping.items() for part in (v, m))))
 
+    def hincrby(self, key: str, name: str, amount: int = 1) -> None:
+        self.items.append(("HINCRBY", key, name, amount))
+
 
 class PipelinedRedis:
     """One Redis connection shared by every caller of a process (re-opened after a failure)."""

@@ -209,6 +209,7 @@ def _finish(
         # dead letters keep their job record until replayed or purged
         writes.persist(key)
         writes.zadd(keys().dead_letters, {f"job:{job['id']}": time.time()})
+        writes.hincrby(keys().dead_letter_counts, str(job["kind"]))  # tasks/monitor.py
     else:
         writes.expire(key, get_settings().job_ttl_seconds)
     loop.run(fast_redis().transaction(writes))

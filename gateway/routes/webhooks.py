@@ -19,8 +19,9 @@ from core.tracing import enter, export, exporting, ingest
 from gateway.body import encodable
 from gateway.deps import OwnerDep
 from gateway.errors import ApiError, responses
+from gateway.metrics import count_webhook
 from gateway.routes.jobs import DeliveryView
-from gateway.webhooks.inbound import VerifiedWebhook
+from gateway.webhooks.inbound import InboundWebhook, VerifiedWebhook
 from handlers.webhooks import EventUnreadable, event_document, event_type_at, matches
 from tasks.events import EventStore, NewEvent
 from tasks.protocol import new_id
@@ -90,6 +91,21 @@ def _events(request: Request) -> EventStore:
 )
 async def receive_webhook(inbound: VerifiedWebhook, request: Request) -> JSONResponse:
     """Verify over the raw body, drop duplicates, record and enqueue; 202 once it is in Redis."""
+    source = inbound.source.config.name
+    try:
+        response, outcome = await _record(inbound, request)
+    except ApiError as exc:
+        count_webhook(request, source, exc.code)
+        raise
+    except Exception:
+        count_webhook(request, source, "error")  # Redis unavailable (503), or a bug (500)
+        raise
+    count_webhook(request, source, outcome)
+    return response
+
+
+async def _record(inbound: InboundWebhook, request: Request) -> tuple[JSONResponse, str]:
+    """The answer to a verified webhook, and its outcome: accepted, ignored or duplicate."""
     config = inbound.source.config
     try:
         document = event_document(inbound.body, inbound.media)
@@ -127,12 +143,13 @@ async def receive_webhook(inbound: VerifiedWebhook, request: Request) -> JSONRes
     original = await _events(request).record(event)
     if original is not None:
         body = {"id": original, "duplicate": True, "status_url": f"/v1/events/{original}"}
-        return JSONResponse(body, status_code=200)
+        return JSONResponse(body, status_code=200), "duplicate"
     if exporting():
         attributes = {"gateway.event_id": event.id, "gateway.source": config.name}
         export("POST /v1/webhooks", trace, started, kind="server", attributes=attributes)
-    accepted_body = {"id": event.id, "status_url": f"/v1/events/{event.id}"}
-    return JSONResponse(accepted_body, 202, {"traceresponse": trace.traceparent})
+    body = {"id": event.id, "status_url": f"/v1/events/{event.id}"}
+    answer = JSONResponse(body, 202, {"traceresponse": trace.traceparent})
+    return answer, "accepted" if accepted else "ignored"
 
 
 @events_router.get("/{event_id}", response_model=EventView, responses=responses(401, 404, 503))

@@ -16,6 +16,7 @@ from fastapi import Depends, Request
 from core.settings import Settings
 from gateway.body import read_limited
 from gateway.errors import ApiError
+from gateway.metrics import count_webhook
 from gateway.webhooks.signatures import Verified
 from gateway.webhooks.verifiers import InboundSource
 from handlers.webhooks import media_type
@@ -49,4 +50,13 @@ async def verified_webhook(source: str, request: Request) -> InboundWebhook:
     return InboundWebhook(loaded, media, body, verified)
 
 
-VerifiedWebhook = Annotated[InboundWebhook, Depends(verified_webhook)]
+async def counted_webhook(source: str, request: Request) -> InboundWebhook:
+    """``verified_webhook``, its refusals counted in gateway_webhooks_received_total."""
+    try:
+        return await verified_webhook(source, request)
+    except ApiError as exc:
+        count_webhook(request, source, exc.code)
+        raise
+
+
+VerifiedWebhook = Annotated[InboundWebhook, Depends(counted_webhook)]

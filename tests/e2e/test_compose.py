@@ -32,7 +32,8 @@ from tests.smtp_sink import Recorder
 
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES: dict[str, Any] = COMPOSE["services"]
-THIRD_PARTY = ("redis", "mailpit")  # not the gateway's image
+OBSERVABILITY = ("prometheus", "grafana")  # the `observability` profile
+THIRD_PARTY = ("redis", "mailpit", *OBSERVABILITY)  # not the gateway's image
 VARIABLE = re.compile(r"\$\$|\$\{(\w+)(?:(:?[-?])([^}]*))?\}")
 
 
@@ -253,3 +254,102 @@ def test_beat_healthcheck_fails_without_a_recent_tick(tmp_path: Path) -> None:
     assert subprocess.run(argv, env=env, check=False, capture_output=True).returncode == 0
     os.utime(tmp_path / "beat-alive", (0, 0))  # a beat that stopped ticking long ago
     assert subprocess.run(argv, env=env, check=False, capture_output=True).returncode == 1
+
+
+# --- the observability profile -----------------------------------------------------------------
+
+# Metric families the workers export (the worker metrics of issue 12, made by the workers, not the
+# API: the one list of their names here; counters without their _total suffix).
+WORKER_METRICS = frozenset(
+    {
+        "gateway_jobs",
+        "gateway_job_duration_seconds",
+        "gateway_deliveries",
+        "gateway_end_to_end_seconds",
+    }
+)
+DASHBOARD = ROOT / "deploy/grafana/dashboards/gateway.json"
+METRIC_NAME = re.compile(r"\bgateway_[a-z_]+")
+
+
+def test_the_observability_profile_adds_prometheus_and_grafana_pinned_and_on_loopback() -> None:
+    for name in OBSERVABILITY:
+        service = SERVICES[name]
+        assert service["profiles"] == ["observability"], name
+        tag = service["image"].partition(":")[2]
+        assert re.fullmatch(r"v?\d+\.\d+\.\d+", tag), f"{name}: pin a version, not {tag!r}"
+        for port in service["ports"]:
+            assert port.startswith("${BIND_ADDRESS:-127.0.0.1}:"), name
+        for volume in service["volumes"]:
+            source = volume.split(":")[0]
+            if source.startswith("./"):  # a file of this repository, mounted read-only
+                assert (ROOT / source).exists(), f"{name}: {source} is missing"
+                assert volume.endswith(":ro"), name
+    # the gateway's own services stay in the default profile: `docker compose up` is unchanged
+    assert [n for n, s in SERVICES.items() if "profiles" in s] == list(OBSERVABILITY)
+
+
+def test_prometheus_scrapes_the_api_and_every_worker_service() -> None:
+    config = yaml.safe_load((ROOT / "deploy/prometheus.yml").read_text())
+    targets = {
+        target
+        for job in config["scrape_configs"]
+        for static in job["static_configs"]
+        for target in static["targets"]
+    }
+    api_port = SERVICES["api"]["ports"][0].rsplit(":", 1)[1]
+    assert f"api:{api_port}" in targets
+    for queue in QUEUES:
+        assert f"worker-{queue}:9100" in targets, queue
+    for target in targets:
+        assert target.split(":")[0] in {*SERVICES, "localhost"}, target
+
+
+def test_grafana_is_provisioned_with_the_prometheus_datasource_and_the_dashboard() -> None:
+    base = ROOT / "deploy/grafana/provisioning"
+    [source] = yaml.safe_load((base / "datasources/prometheus.yml").read_text())["datasources"]
+    assert source["url"] == "http://prometheus:9090"
+    [provider] = yaml.safe_load((base / "dashboards/gateway.yml").read_text())["providers"]
+    mounts = dict(v.split(":")[:2] for v in SERVICES["grafana"]["volumes"])
+    # the provider's folder is where compose mounts the repository's dashboards
+    assert mounts["./deploy/grafana/dashboards"] == provider["options"]["path"]
+    assert DASHBOARD.parent.name == "dashboards"
+    for panel in dashboard_panels():
+        assert panel["datasource"]["uid"] == source["uid"], panel["title"]
+
+
+def dashboard_panels() -> list[dict[str, Any]]:
+    """The dashboard's panels with queries (rows hold none)."""
+    panels = json.loads(DASHBOARD.read_text())["panels"]
+    return [p for p in panels if p["type"] != "row"]
+
+
+def exported_families(client: Any) -> set[str]:
+    """Metric families of a running API's registry (the queue gauges read from a real Redis)."""
+    assert client.get("/metrics").status_code == 200
+    return {family.name for family in client.app.state.metrics.registry.collect()}
+
+
+def test_every_dashboard_query_names_a_metric_that_is_exported(client: Any) -> None:
+    api = exported_families(client)
+    assert "gateway_queue_depth" in api  # Redis answered: the queue collector's families too
+    known = api | WORKER_METRICS
+    seen = set()
+    for panel in dashboard_panels():
+        assert panel["targets"], panel["title"]
+        for target in panel["targets"]:
+            names = METRIC_NAME.findall(target["expr"])
+            assert names, (panel["title"], target["expr"])
+            for name in names:
+                family = re.sub(r"_(total|bucket|count|sum)$", "", name)
+                assert family in known, f"{panel['title']}: {name} is exported by nothing"
+                seen.add(family)
+    # the issue's views: queues, rates, errors, latency, dead letters, workers, worker metrics
+    assert {
+        "gateway_queue_depth",
+        "gateway_queue_oldest_age_seconds",
+        "gateway_http_requests",
+        "gateway_http_request_duration_seconds",
+        "gateway_dead_letters",
+        "gateway_workers_alive",
+    } | WORKER_METRICS <= seen
