@@ -29,7 +29,9 @@ from typing import Any
 
 import orjson
 
-# The order fields appear in; trace_id stays absent until trace context is carried (issue 12.4).
+from core.tracing import current_trace_id
+
+# The order fields appear in; trace_id is the current span's (core/tracing.py), where there is one.
 ID_FIELDS = ("job_id", "event_id", "delivery_id", "kind", "attempt", "queue", "trace_id")
 MASK = "***"
 # shorter values would mask common words; no secret the gateway accepts is that short in practice
@@ -111,6 +113,9 @@ class GatewayFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         """The record as one scrubbed line."""
         ids = _ids.get() or _celery_task_ids(record)
+        trace_id = current_trace_id()
+        if trace_id:
+            ids = {**(ids or {}), "trace_id": trace_id}
         if not self.json:
             line = super().format(record)
             if ids:

@@ -185,6 +185,11 @@ class Settings(BaseSettings):
     # workers this port plus the queue's index (tasks/metrics.py).
     worker_metrics_port: int = Field(default=9100, ge=0, le=65535)
 
+    # OpenTelemetry: spans (ingest, job run, delivery attempt, event processing) go to this
+    # OTLP/HTTP collector (e.g. http://localhost:4318) when set; needs the `otel` extra.
+    otel_exporter_otlp_endpoint: str | None = None
+    otel_service_name: str = "webhook-gateway"
+
     @field_validator(
         "api_keys",
         "admin_api_keys",

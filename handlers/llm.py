@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from functools import lru_cache
@@ -163,14 +164,22 @@ def _request_body(job: LlmJob, model: str) -> dict[str, Any]:
     return body
 
 
-async def call_llm(job: LlmJob, config: LlmConfig, client: httpx.AsyncClient) -> LlmResult:
-    """Run one chat completion on the shared client; raise TransientError or PermanentError."""
+async def call_llm(
+    job: LlmJob,
+    config: LlmConfig,
+    client: httpx.AsyncClient,
+    trace_headers: Mapping[str, str] | None = None,
+) -> LlmResult:
+    """Run one chat completion on the shared client; raise TransientError or PermanentError.
+
+    ``trace_headers`` (``traceparent``/``tracestate`` of the call's span) go out with it.
+    """
     model = job.model or config.default_model
     if not model:
         raise PermanentError("no model given and no default configured", code="llm_no_model")
     secret = config.api_key.get_secret_value() if config.api_key else None
     # the body encoded by orjson: stdlib json (httpx's json=) was a measurable share of a call
-    headers = {"Content-Type": "application/json"}
+    headers = {"Content-Type": "application/json", **(trace_headers or {})}
     if secret:
         headers["Authorization"] = f"Bearer {secret}"
     timeout = job.timeout or config.timeout

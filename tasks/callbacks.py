@@ -24,6 +24,7 @@ from core import logs
 from core.retry import policy_for
 from core.settings import get_settings
 from core.statuses import DELIVERY_DEAD_LETTER, DELIVERY_FINAL, DeliveryStatus
+from core.tracing import TraceContext, from_record, traced
 from handlers.delivery import Attempt, deliver
 from handlers.signing import standard_webhooks_key
 from tasks import endpoint_limits, loop, metrics
@@ -83,6 +84,15 @@ def run_delivery(delivery_id: str) -> str | None:
         _wait(delivery_id, g)
         return None
     assert g.record is not None
+    # each attempt is a span of the trace that made the delivery; its id goes out as traceparent
+    span = {"gateway.delivery_id": delivery_id, "gateway.attempt": g.record["attempts"]}
+    with traced(from_record(g.record), "delivery.attempt", kind="client", attributes=span) as trace:
+        return _attempt(delivery_id, g, trace)
+
+
+def _attempt(delivery_id: str, g: Gate, trace: TraceContext) -> str:
+    k, s = keys(), get_settings()
+    assert g.record is not None
     record = g.record
     number = int(record["attempts"])
     logs.bind(delivery_id=delivery_id, attempt=number, queue=CALLBACKS, parent=record["parent"])
@@ -92,11 +102,13 @@ def run_delivery(delivery_id: str) -> str | None:
     if g.verdict == "orphan":
         outcome = Attempt("stop", None, 0.0, "endpoint deleted")
     elif g.endpoint is None:  # the common path: a job's callback_url, a source's forward URL
-        outcome = loop.run(deliver(client, record["url"], delivery_id, body, signing_keys()))
+        keys_, url = signing_keys(), record["url"]
+        outcome = loop.run(deliver(client, url, delivery_id, body, keys_, trace.headers()))
     else:
         ep = g.endpoint
         secrets = _endpoint_keys(tuple(ep.signing_secrets()))
-        outcome = loop.run(deliver(client, ep.url, delivery_id, body, secrets, ep.headers))
+        headers = {**(ep.headers or {}), **trace.headers()}  # the endpoint's, then the trace's
+        outcome = loop.run(deliver(client, ep.url, delivery_id, body, secrets, headers))
     policy = policy_for("callbacks", CALLBACK_POLICY)
     if outcome.verdict == "retry" and number < int(record["max_attempts"]):
         status = DeliveryStatus.RETRYING

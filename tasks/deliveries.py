@@ -68,11 +68,15 @@ def add_delivery(
     ttl: int,
     delivery_id: str | None = None,
     endpoint_id: str = "",
+    traceparent: str = "",
+    tracestate: str = "",
 ) -> str:
     """Queue commands that record a delivery and enqueue its first attempt; returns its id.
 
     ``endpoint_id`` names the endpoint (tasks/endpoints.py) the delivery is for: its secret signs
     it and its limits pace it. Empty for a job's callback_url and a source's forward URL.
+    ``traceparent``/``tracestate``: the span that made the delivery (core/tracing.py
+    ``current_fields``); each attempt is its child and sends its own span id.
     """
     delivery_id = delivery_id or new_delivery_id()
     record = {
@@ -89,6 +93,8 @@ def add_delivery(
     }
     if endpoint_id:
         record["endpoint_id"] = endpoint_id
+    if traceparent:
+        record["traceparent"], record["tracestate"] = traceparent, tracestate
     key = keys.delivery(delivery_id)
     pipe.hset(key, mapping=encode(record))
     pipe.expire(key, ttl)

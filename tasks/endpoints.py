@@ -172,8 +172,14 @@ def offer(
     owner: str,
     max_attempts: int,
     ttl: int,
+    traceparent: str = "",
+    tracestate: str = "",
 ) -> list[str]:
-    """Queue one delivery of ``body`` per endpoint that wants it; returns the delivery ids."""
+    """Queue one delivery of ``body`` per endpoint that wants it; returns the delivery ids.
+
+    ``traceparent``/``tracestate``: the trace the deliveries join (core/tracing.py), as for a
+    callback or a forward.
+    """
     ids = []
     now_us = int(time.time() * 1_000_000)
     for endpoint in endpoints:
@@ -189,6 +195,8 @@ def offer(
             max_attempts=max_attempts,
             ttl=ttl,
             endpoint_id=endpoint.id,
+            traceparent=traceparent,
+            tracestate=tracestate,
         )
         listed = keys.endpoint_deliveries(endpoint.id)
         writes.zadd(listed, {delivery_id: now_us})

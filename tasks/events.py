@@ -67,6 +67,8 @@ class NewEvent:
     body: bytes
     status: EventStatus = EventStatus.RECEIVED  # or IGNORED: recorded, never processed
     reason: str | None = None
+    traceparent: str = ""  # the ingest span (core/tracing.py): processing is its child
+    tracestate: str = ""
 
 
 def process_message(event_id: str) -> str:
@@ -97,6 +99,8 @@ class EventStore:
             "status", event.status,
             "reason", event.reason or "",
             "attempts", 0,
+            "traceparent", event.traceparent,
+            "tracestate", event.tracestate,
         ]  # fmt: skip
         message = process_message(event.id) if event.status == EventStatus.RECEIVED else ""
         dedup_key = self.keys.webhook_seen(event.source, dedup_id(event.delivery_id, event.body))

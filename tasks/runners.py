@@ -10,6 +10,7 @@ from collections.abc import Callable, Coroutine
 from email.utils import parseaddr
 from typing import Any
 
+from core.tracing import client_call
 from handlers.echo import EchoInput, echo
 from handlers.email import send_email
 from handlers.email_models import EmailJob, EmailResult
@@ -41,7 +42,7 @@ def _email(job: EmailJob, ctx: JobContext) -> Coroutine[Any, Any, EmailResult]:
 
 def _llm(job: LlmJob, ctx: JobContext) -> Coroutine[Any, Any, LlmResult]:
     clients = get_clients()
-    return call_llm(job, clients.llm, clients.llm_http)
+    return client_call("llm.call", lambda h: call_llm(job, clients.llm, clients.llm_http, h))
 
 
 def _file(job: FileJob, ctx: JobContext) -> FileResult:

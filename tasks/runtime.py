@@ -25,6 +25,7 @@ from core.kinds import KINDS, Kind
 from core.retry import policy_for
 from core.settings import get_settings
 from core.statuses import JOB_DEAD_LETTER, JobStatus
+from core.tracing import current_fields, from_record, traced
 from core.validation import error_record, summary
 from handlers.errors import PermanentError, TransientError
 from tasks import loop, metrics
@@ -158,6 +159,17 @@ def run_job(job_id: str) -> str | None:
     job = decode(fields)
     logs.bind(job_id=job_id, kind=job["kind"], attempt=int(job["attempts"]), queue=_queue(job))
     metrics.job_claimed(job)
+    # this run is a span of the job's trace: log lines and the callback it queues carry it
+    span = {
+        "gateway.job_id": job_id,
+        "gateway.kind": job["kind"],
+        "gateway.attempt": job["attempts"],
+    }
+    with traced(from_record(job), "job.run", kind="consumer", attributes=span):
+        return _run_claimed(job_id, job)
+
+
+def _run_claimed(job_id: str, job: dict[str, Any]) -> str:
     kind = KINDS.get(job["kind"])
     if kind is None:
         error = error_record("unknown_kind", f"no kind {job['kind']!r}")
@@ -243,6 +255,7 @@ def _finish(
             owner=owner,
             max_attempts=max_attempts,
             ttl=ttl,
+            **current_fields(),
         )
     if status in JOB_DEAD_LETTER:
         # dead letters keep their job record until replayed or purged
@@ -265,6 +278,7 @@ def _finish(
             owner=owner,
             max_attempts=max_attempts,
             ttl=ttl,
+            **current_fields(),
         ),
     )
     metrics.job_finished(job, status, error)

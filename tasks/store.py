@@ -92,6 +92,8 @@ class NewJob:
     max_attempts: int
     callback_url: str | None = None
     due: float = 0.0  # epoch seconds; 0 = run now
+    traceparent: str = ""  # the submitting span (core/tracing.py): each run is its child
+    tracestate: str = ""
 
 
 @dataclass(frozen=True)
@@ -144,6 +146,8 @@ def create_call(
             "payload": job.payload,
             "callback_url": job.callback_url,
             "progress": 0,
+            "traceparent": job.traceparent,
+            "tracestate": job.tracestate,
         }
     )
     idem_key = keys.idempotency(job.owner, idem.key) if idem else keys.job(job.id)

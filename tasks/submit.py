@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 from core.kinds import KINDS, Kind
 from core.retry import policy_for
 from core.settings import Settings, get_settings
+from core.tracing import TraceContext, current_trace, new_trace, record_fields
 from tasks.protocol import job_message, new_id
 from tasks.queues import queue_for
 from tasks.store import Idempotency, NewJob, create_sync
@@ -65,11 +66,14 @@ def plan_job(
     schedule: Mapping[str, Any] | None = None,
     idempotency_key: str | None = None,
     body_sha256: str = "",
+    trace: TraceContext | None = None,
 ) -> PlannedJob:
     """Validate ``payload`` for ``kind`` and build the job's record, message and claim.
 
-    ``schedule`` may hold run_at or delay_seconds (as a request body gives them). Raises
-    pydantic.ValidationError for an invalid payload, then InvalidSchedule for a bad due time.
+    ``schedule`` may hold run_at or delay_seconds (as a request body gives them). ``trace`` is
+    the submitting span (the API's ingest span); without one, the current span (an event being
+    routed), else a new trace (a periodic job). Raises pydantic.ValidationError for an invalid
+    payload, then InvalidSchedule for a bad due time.
     """
     kind.input.model_validate(payload)
     due = due_at(schedule, settings.max_delay_seconds) if schedule else 0.0
@@ -83,6 +87,7 @@ def plan_job(
         max_attempts=budget,
         callback_url=callback_url,
         due=due,
+        **record_fields(trace or current_trace() or new_trace()),
     )
     idem = None
     if idempotency_key:
@@ -101,6 +106,7 @@ def submit_job(
     """Validate ``payload`` for ``kind``, record and enqueue it from a worker; returns the job id.
 
     With ``idempotency_key``, a second submission with the same key returns the first job's id.
+    The job joins the current trace (core/tracing.py), if any.
     Raises KeyError for an unknown kind and pydantic.ValidationError for an invalid payload.
     """
     # Imported here: the worker's Redis client lives with the worker's runtime (Celery), which

@@ -30,6 +30,7 @@ from core.retry import default_policy, policy_for
 from core.settings import get_settings
 from core.sources import LoadedSource, load_sources
 from core.statuses import EVENT_FINAL, EventStatus
+from core.tracing import current_fields, from_record, traced
 from core.validation import error_record, summary
 from handlers.webhooks import EventUnreadable, event_document
 from tasks.app import app
@@ -75,11 +76,14 @@ def process_event(event_id: str) -> str | None:
         log.info("event %s is unknown or already final; message dropped", event_id)
         return None
     event = decode(fields)
-    try:
-        return _route(event)
-    except Exception as exc:  # Redis trouble, or a bug: try again later, then give up visibly
-        log.exception("event %s could not be processed", event_id)
-        return _retry_or_fail(event, exc)
+    # processing is a span of the event's trace: the jobs it submits and its forwards join it
+    span = {"gateway.event_id": event_id, "gateway.source": event.get("source") or ""}
+    with traced(from_record(event), "event.process", kind="consumer", attributes=span):
+        try:
+            return _route(event)
+        except Exception as exc:  # Redis trouble, or a bug: try again later, then give up visibly
+            log.exception("event %s could not be processed", event_id)
+            return _retry_or_fail(event, exc)
 
 
 @dataclass(frozen=True)
@@ -211,6 +215,7 @@ def _finish(
                         max_attempts=max_attempts,
                         ttl=ttl,
                         delivery_id=forward.delivery_id,
+                        **current_fields(),
                     )
                 if wanted and body is not None:
                     offer(
@@ -224,6 +229,7 @@ def _finish(
                         owner=f"webhook:{event['source']}",
                         max_attempts=max_attempts,
                         ttl=ttl,
+                        **current_fields(),
                     )
                 pipe.hset(key, mapping=written)
                 pipe.expire(key, ttl)

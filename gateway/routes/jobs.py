@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -11,6 +12,7 @@ from pydantic import BaseModel, ValidationError
 
 from core.kinds import KINDS
 from core.settings import Settings
+from core.tracing import enter, export, exporting, ingest
 from gateway.auth import authenticate
 from gateway.body import parse_object, read_limited, require_json
 from gateway.deps import JobsDep, KeysDep, OwnerDep
@@ -70,6 +72,9 @@ _HEADERS_DOC: list[dict[str, Any]] = [
         "in": "header",
         "schema": {"type": "string", "minLength": 1, "maxLength": 255},
     },
+    # W3C trace context: continued when valid, else ignored and a new trace started (never a 4xx)
+    {"name": "traceparent", "in": "header", "schema": {"type": "string"}},
+    {"name": "tracestate", "in": "header", "schema": {"type": "string"}},
 ]
 
 
@@ -83,6 +88,10 @@ def _submit_endpoint(known: str | None) -> Callable[[Request], Coroutine[Any, An
         settings: Settings = state.settings
         jobs: JobStore = state.jobs
         idempotency_key = request.headers.get("idempotency-key")
+        started = time.time_ns()
+        traceparent = request.headers.get("traceparent")
+        trace = ingest(traceparent, request.headers.get("tracestate") if traceparent else None)
+        enter(trace)
         if idempotency_key is not None and not 0 < len(idempotency_key) <= 255:
             raise ApiError("invalid_idempotency_key", "Idempotency-Key must be 1 to 255 characters")
         kind = known or request.path_params["kind"]
@@ -104,6 +113,7 @@ def _submit_endpoint(known: str | None) -> Callable[[Request], Coroutine[Any, An
                 schedule=envelope,
                 idempotency_key=idempotency_key,
                 body_sha256=hashlib.sha256(raw).hexdigest() if idempotency_key else "",
+                trace=trace,
             )
         except ValidationError as exc:
             raise invalid_input(exc) from exc
@@ -122,7 +132,11 @@ def _submit_endpoint(known: str | None) -> Callable[[Request], Coroutine[Any, An
             current = await jobs.get(job_id)
             status = current["status"] if current else "queued"
             return _accepted(job_id, status, {"Idempotent-Replayed": "true"})
-        return _accepted(plan.job.id, "scheduled" if plan.job.due else "queued")
+        status = "scheduled" if plan.job.due else "queued"
+        if exporting():
+            attributes = {"gateway.job_id": plan.job.id, "gateway.kind": kind}
+            export("POST /v1/jobs", trace, started, kind="server", attributes=attributes)
+        return _accepted(plan.job.id, status, {"traceresponse": trace.traceparent})
 
     return submit_job
 

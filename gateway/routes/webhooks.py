@@ -7,6 +7,7 @@ is acknowledged (202) and recorded as ``ignored``, not bounced. Bodies we cannot
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -14,6 +15,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from core.statuses import EventStatus
+from core.tracing import enter, export, exporting, ingest
 from gateway.body import encodable
 from gateway.deps import AdminDep
 from gateway.errors import ApiError, responses
@@ -122,6 +124,10 @@ async def _record(inbound: InboundWebhook, request: Request) -> tuple[JSONRespon
     if not encodable(event_type) or (delivery_id is not None and not encodable(delivery_id)):
         raise ApiError("invalid_json", "the event's type or id is not valid Unicode")
     accepted = matches(event_type, config.events)
+    started = time.time_ns()
+    traceparent = request.headers.get("traceparent")
+    trace = ingest(traceparent, request.headers.get("tracestate") if traceparent else None)
+    enter(trace)
     event = NewEvent(
         id=new_id(),
         source=config.name,
@@ -131,13 +137,19 @@ async def _record(inbound: InboundWebhook, request: Request) -> tuple[JSONRespon
         body=inbound.body,
         status=EventStatus.RECEIVED if accepted else EventStatus.IGNORED,
         reason=None if accepted else "event type not accepted by this source",
+        traceparent=trace.traceparent,
+        tracestate=trace.state,
     )
     original = await _events(request).record(event)
     if original is not None:
         body = {"id": original, "duplicate": True, "status_url": f"/v1/events/{original}"}
         return JSONResponse(body, status_code=200), "duplicate"
+    if exporting():
+        attributes = {"gateway.event_id": event.id, "gateway.source": config.name}
+        export("POST /v1/webhooks", trace, started, kind="server", attributes=attributes)
     body = {"id": event.id, "status_url": f"/v1/events/{event.id}"}
-    return JSONResponse(body, status_code=202), "accepted" if accepted else "ignored"
+    answer = JSONResponse(body, 202, {"traceresponse": trace.traceparent})
+    return answer, "accepted" if accepted else "ignored"
 
 
 @events_router.get("/{event_id}", response_model=EventView, responses=responses(401, 403, 404, 503))

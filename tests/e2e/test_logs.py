@@ -69,8 +69,14 @@ def json_stack(
 
 def test_a_jobs_id_runs_through_the_workers_json_log(json_stack: tuple[str, Processes]) -> None:
     base, procs = json_stack
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    traceparent = f"00-{trace_id}-00f067aa0ba902b7-01"
     with httpx.Client(base_url=base, headers={"Authorization": "Bearer test-key-0123456789"}) as h:
-        accepted = h.post("/v1/jobs/echo", json={"message": "hi", "fail_attempts": 1})
+        accepted = h.post(
+            "/v1/jobs/echo",
+            json={"message": "hi", "fail_attempts": 1},
+            headers={"traceparent": traceparent},
+        )
         job_id = accepted.json()["id"]
         assert wait_final(h, job_id, procs)["status"] == "succeeded"
 
@@ -90,6 +96,9 @@ def test_a_jobs_id_runs_through_the_workers_json_log(json_stack: tuple[str, Proc
         d["attempt"]: [x["message"] for x in claimed if x["attempt"] == d["attempt"]]
         for d in claimed
     }
+    # each run is a span of the trace the job came with: its lines carry that trace's id
+    assert all(d.get("trace_id") == trace_id for d in claimed if "retry in" in d["message"])
+    assert any(d.get("trace_id") == trace_id for d in claimed), claimed
     # attempt 1: the handler's failure and the retry; attempt 2: Celery's success line
     assert any("retry in" in m for m in by_attempt[1]), by_attempt
     assert any("succeeded" in m for m in by_attempt[2]), by_attempt

@@ -253,3 +253,18 @@ def test_against_the_stub_over_loopback() -> None:
     assert result.model == "gpt-test"
     assert result.usage["completion_tokens"] == 2
     assert stub.app.requests == 1
+
+
+def test_trace_headers_go_out_with_the_call(respx_mock: respx.MockRouter) -> None:
+    route = respx_mock.post(URL).mock(return_value=httpx.Response(200, json=completion()))
+    traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+    async def go() -> LlmResult:
+        async with httpx.AsyncClient() as client:
+            headers = {"traceparent": traceparent, "tracestate": "a=1"}
+            return await call_llm(job(), config(), client, headers)
+
+    asyncio.run(go())
+    sent = route.calls.last.request.headers
+    assert (sent["traceparent"], sent["tracestate"]) == (traceparent, "a=1")
+    assert sent["authorization"] == f"Bearer {API_KEY}"
