@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     # Unset in dev: DEV_API_KEY, so the README's examples work as printed; production refuses
     # to start without them.
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    # Operator keys: everything an API key may do, and also read every event and dead letter,
+    # replay, and manage endpoints. In dev the dev key (when accepted) is one of them.
+    admin_api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
     # Dev mode serves only loopback unless this is set: dev accepts a published key and placeholder
     # secrets. Compose sets it for the API, which binds 0.0.0.0 inside its container while the
     # host publishes the port on 127.0.0.1.
@@ -178,8 +181,15 @@ class Settings(BaseSettings):
     # workers this port plus the queue's index (tasks/metrics.py).
     worker_metrics_port: int = Field(default=9100, ge=0, le=65535)
 
+    # The operator console (/console, gateway/console/): an admin key signs in for this long (the
+    # session lives in Redis, not in the cookie); wrong keys per client address per minute before
+    # sign-in answers 429.
+    console_session_seconds: int = Field(default=8 * 3600, ge=60, le=7 * 24 * 3600)
+    console_signin_failures_per_minute: int = Field(default=5, ge=1)
+
     @field_validator(
         "api_keys",
+        "admin_api_keys",
         "signing_secrets",
         "outbound_allow_hosts",
         "outbound_allow_networks",
@@ -210,6 +220,9 @@ class Settings(BaseSettings):
         if self.environment == "dev":
             if not self.api_keys:
                 self.api_keys = [SecretStr(DEV_API_KEY)]
+            if self.accepts_dev_api_key and not self.admin_api_keys:
+                # the README's examples read events and dead letters with the dev key
+                self.admin_api_keys = [SecretStr(DEV_API_KEY)]
             return self
         for name, value in self.secret_values():
             if _is_placeholder(value):
@@ -252,14 +265,23 @@ class Settings(BaseSettings):
         return pairs
 
     def api_key_hashes(self) -> tuple[str, ...]:
-        """SHA-256 hex of every accepted API key."""
-        hashes = []
-        for key in self.api_keys:
-            raw = key.get_secret_value()
-            hashes.append(
-                raw.removeprefix("sha256:") if raw.startswith("sha256:") else hash_api_key(raw)
-            )
-        return tuple(hashes)
+        """SHA-256 hex of every accepted API key (admin keys are API keys too)."""
+        return tuple(dict.fromkeys(_hashes(self.api_keys) + self.admin_key_hashes()))
+
+    def admin_key_hashes(self) -> tuple[str, ...]:
+        """SHA-256 hex of every admin API key."""
+        return _hashes(self.admin_api_keys)
+
+
+def _hashes(keys: list[SecretStr]) -> tuple[str, ...]:
+    """Plain keys hashed; "sha256:<hex>" entries as given."""
+    hashes = []
+    for key in keys:
+        raw = key.get_secret_value()
+        hashes.append(
+            raw.removeprefix("sha256:") if raw.startswith("sha256:") else hash_api_key(raw)
+        )
+    return tuple(hashes)
 
 
 @lru_cache
