@@ -248,8 +248,24 @@ def test_headers_cookie_and_sign_out(page: Any, stack: dict[str, Any]) -> None:
     playwright_api.expect(page.locator("#live")).to_have_text("live")
     shoot(page, "console-overview.png")
 
+    # the overview's event stream, read as any client would with the session's cookie
+    stream_url = f"{stack['base']}/console/stream/overview"
+    session = {"gw_console": cookie["value"]}
+    with httpx.stream("GET", stream_url, cookies=session, timeout=10) as sse:
+        assert sse.headers["content-type"].startswith("text/event-stream")
+        assert sse.headers["content-security-policy"] == headers["content-security-policy"]
+        lines = sse.iter_lines()
+        assert next(lines) == "event: overview"
+        snapshot = json.loads(next(lines).removeprefix("data: "))
+    assert {q["name"] for q in snapshot["queues"]} >= {"default", "callbacks"}
+
+    # a second tab on the overview follows the sign-out made in the first one
+    other = page.context.new_page()
+    other.goto("/console")
+    playwright_api.expect(other.locator("#live")).to_have_text("live")
     page.click("#sign-out")
     assert page.url.endswith("/console/sign-in")
+    other.wait_for_url("**/console/sign-in", timeout=10_000)
     for path in ("/console", "/console/dead-letters", "/console/jobs/anything"):
         page.goto(path)
         assert page.url.endswith("/console/sign-in"), path
