@@ -64,7 +64,7 @@ async def sign_in(
     """Check an admin key; on success a session cookie and the overview."""
     if not sessions.signin_token_valid(request, signin_token):
         return _sign_in_form(request, "The form expired; please sign in again.", 403)
-    wait = await sessions.signin_wait(request)
+    wait = await sessions.take_signin_attempt(request)
     if wait:
         raise ConsoleError(
             429,
@@ -73,8 +73,8 @@ async def sign_in(
         )
     owner = sessions.admin_key_valid(request, key)
     if owner is None:
-        await sessions.count_failure(request)
         return _sign_in_form(request, "That is not an admin key (ADMIN_API_KEYS).", 401)
+    await sessions.refund_signin_attempt(request)
     response = RedirectResponse(PREFIX, 303)
     await sessions.open_session(request, response, owner)
     return response

@@ -28,6 +28,7 @@ COOKIE = "gw_console"
 SIGNIN_COOKIE = "gw_console_signin"
 SIGNIN_TOKEN_SECONDS = 3600
 WINDOW_SECONDS = 60
+_REFUND = "if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('DECR', KEYS[1]) end"
 
 
 @dataclass(frozen=True)
@@ -168,26 +169,27 @@ def _client(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
 
-async def signin_wait(request: Request) -> int:
-    """Seconds until this client address may try another key (0: now)."""
-    key = _key(request, "signin-failures", _client(request))
-    async with _redis(request).pipeline(transaction=False) as pipe:
-        pipe.get(key)
-        pipe.ttl(key)
-        count, ttl = await pipe.execute()
-    if count is not None and int(count) >= _settings(request).console_signin_failures_per_minute:
-        return max(1, int(ttl))
-    return 0
-
-
-async def count_failure(request: Request) -> None:
-    """One more wrong key from this client address in the current minute."""
-    key = _key(request, "signin-failures", _client(request))
+async def take_signin_attempt(request: Request) -> int:
+    """Count a sign-in attempt against this client address's minute; the seconds to wait when
+    it is over the limit (0: go on). Counted before the key is checked, in one transaction, so
+    parallel guesses cannot all pass a check made before any of them was counted."""
+    key = _key(request, "signin-attempts", _client(request))
     async with _redis(request).pipeline(transaction=True) as pipe:
         # SET NX EX starts the window with its expiry (Redis 6.2 has no EXPIRE NX); INCR keeps it
         pipe.set(key, 0, ex=WINDOW_SECONDS, nx=True)
         pipe.incr(key)
-        await pipe.execute()
+        pipe.ttl(key)
+        _, count, ttl = await pipe.execute()
+    if int(count) > _settings(request).console_signin_failures_per_minute:
+        return max(1, int(ttl))
+    return 0
+
+
+async def refund_signin_attempt(request: Request) -> None:
+    """A right key does not count against the limit: only wrong ones do."""
+    key = _key(request, "signin-attempts", _client(request))
+    # only within the window: a DECR after it lapsed would leave a key with no expiry
+    await _redis(request).eval(_REFUND, 1, key)
 
 
 SessionDep = Annotated[Session, Depends(require_session)]

@@ -178,6 +178,16 @@ def test_wrong_keys_are_limited_per_address(console: TestClient) -> None:
     assert "gw_console" not in console.cookies
 
 
+def test_right_keys_do_not_use_up_the_limit(console: TestClient, quiet_redis_url: str) -> None:
+    for _ in range(8):
+        assert sign_in(console, ADMIN_KEY)[0] == 303
+        console.cookies.clear()
+    assert sign_in(console, "wrong-key")[0] == 401
+    r = redis.Redis.from_url(quiet_redis_url)
+    (key,) = r.keys("*console:signin-attempts:*")
+    assert r.get(key) == b"1" and 0 < r.ttl(key) <= 60
+
+
 def test_what_callers_supplied_is_escaped(
     console: TestClient, quiet_redis_url: str, prefix: str
 ) -> None:
