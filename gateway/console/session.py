@@ -108,7 +108,8 @@ async def open_session(request: Request, response: Response, owner: str) -> None
 
 
 async def current_session(request: Request) -> Session | None:
-    """The session the request's cookie names, if it exists and has not expired."""
+    """The session the request's cookie names, if it exists, has not expired, and its key is
+    still an admin key."""
     session_id = request.cookies.get(COOKIE)
     if not session_id:
         return None
@@ -117,6 +118,9 @@ async def current_session(request: Request) -> Session | None:
     if raw is None:
         return None
     record: dict[str, Any] = json.loads(raw)
+    hashes: tuple[str, ...] = request.app.state.console_admin_hashes
+    if not any(known[:16] == record["owner"] for known in hashes):
+        return None  # its key was taken out of ADMIN_API_KEYS since: the session ends with it
     session = Session(key, record["csrf"], record["owner"], record["created_at"])
     request.state.console_session = session
     return session

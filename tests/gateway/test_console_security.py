@@ -162,6 +162,18 @@ def test_a_signed_out_session_cookie_opens_nothing(console: TestClient) -> None:
     assert console.get("/console", follow_redirects=False).status_code == 303
 
 
+def test_a_session_ends_when_its_key_is_no_longer_an_admin_key(
+    console: TestClient, quiet_redis_url: str, prefix: str
+) -> None:
+    assert sign_in(console, ADMIN_KEY)[0] == 303
+    session_id = console.cookies["gw_console"]
+    # the gateway restarted with the key taken out of ADMIN_API_KEYS
+    settings = make_settings(quiet_redis_url, prefix, admin_api_keys=[SecretStr("another-key")])
+    with TestClient(create_app(settings), base_url="http://127.0.0.1") as restarted:
+        restarted.cookies.set("gw_console", session_id, path="/console")
+        assert restarted.get("/console", follow_redirects=False).status_code == 303
+
+
 def test_wrong_keys_are_limited_per_address(console: TestClient) -> None:
     for _ in range(5):
         assert sign_in(console, "wrong-key")[0] == 401
