@@ -13,6 +13,7 @@ import redis
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
+from core.settings import DEV_API_KEY
 from gateway.console.web import CSP
 from gateway.main import create_app
 from tasks.keys import Keys
@@ -114,6 +115,13 @@ def test_a_submit_only_key_cannot_sign_in_and_an_admin_key_can(
     value = r.get(stored[0]) or b""
     assert ADMIN_KEY.encode() not in value and session_id.encode() not in value
     assert 28790 < r.ttl(stored[0]) <= 28800
+
+
+def test_in_dev_with_no_keys_set_the_dev_key_signs_in(quiet_redis_url: str, prefix: str) -> None:
+    settings = make_settings(quiet_redis_url, prefix, api_keys=[])
+    with TestClient(create_app(settings), base_url="http://127.0.0.1") as client:
+        assert sign_in(client, DEV_API_KEY)[0] == 303
+        assert client.get("/console").status_code == 200
 
 
 def test_the_cookie_is_secure_over_https(quiet_redis_url: str, prefix: str) -> None:
