@@ -189,6 +189,11 @@ class Settings(BaseSettings):
     # OTLP/HTTP collector (e.g. http://localhost:4318) when set; needs the `otel` extra.
     otel_exporter_otlp_endpoint: str | None = None
     otel_service_name: str = "webhook-gateway"
+    # The operator console (/console, gateway/console/): an admin key signs in for this long (the
+    # session lives in Redis, not in the cookie); wrong keys per client address per minute before
+    # sign-in answers 429.
+    console_session_seconds: int = Field(default=8 * 3600, ge=60, le=7 * 24 * 3600)
+    console_signin_failures_per_minute: int = Field(default=5, ge=1)
 
     @field_validator(
         "api_keys",

@@ -10,6 +10,19 @@ from gateway.errors import ApiError
 _CHALLENGE = {"WWW-Authenticate": "Bearer"}
 
 
+def match_key(key: str, key_hashes: tuple[str, ...]) -> str | None:
+    """The owner id (a prefix of its hash) of ``key`` if its hash is among ``key_hashes``.
+
+    Compared against every hash, so the time taken says nothing about which one matched.
+    """
+    presented = hashlib.sha256(key.strip().encode()).hexdigest()
+    match = ""
+    for known in key_hashes:
+        if hmac.compare_digest(presented, known):
+            match = known
+    return match[:16] if key.strip() and match else None
+
+
 def authenticate(authorization: str | None, key_hashes: tuple[str, ...]) -> str:
     """The caller's owner id (a prefix of its key's hash) for a valid Bearer header; else 401."""
     if not authorization:
@@ -21,15 +34,10 @@ def authenticate(authorization: str | None, key_hashes: tuple[str, ...]) -> str:
         raise ApiError(
             "malformed_api_key", "use Authorization: Bearer <api key>", headers=_CHALLENGE
         )
-    presented = hashlib.sha256(key.strip().encode()).hexdigest()
-    match = ""
-    # compare against every key, so the time taken says nothing about which one matched
-    for known in key_hashes:
-        if hmac.compare_digest(presented, known):
-            match = known
-    if not match:
+    owner = match_key(key, key_hashes)
+    if owner is None:
         raise ApiError("invalid_api_key", "the API key is not valid", headers=_CHALLENGE)
-    return match[:16]
+    return owner
 
 
 def authenticate_admin(
@@ -37,13 +45,8 @@ def authenticate_admin(
 ) -> str:
     """The owner id of a valid admin key; 401 for no valid key, 403 for a plain API key."""
     owner = authenticate(authorization, key_hashes)
-    # the key is known to be valid: this second pass only tells admin from plain, again
-    # comparing against every admin hash
+    # the key is known to be valid: this second pass only tells admin from plain
     _, _, key = (authorization or "").partition(" ")
-    presented = hashlib.sha256(key.strip().encode()).hexdigest()
-    admin = False
-    for known in admin_hashes:
-        admin |= hmac.compare_digest(presented, known)
-    if not admin:
+    if match_key(key, admin_hashes) is None:
         raise ApiError("admin_required", "this needs an admin API key (ADMIN_API_KEYS)")
     return owner

@@ -12,7 +12,7 @@ from core.configs import outbound_policy
 from core.destinations import check_destinations
 from core.settings import Settings, get_settings
 from core.sources import load_sources
-from gateway import errors, openapi
+from gateway import console, errors, openapi
 from gateway.metrics import HttpMetrics, Metrics
 from gateway.redis_client import open_redis
 from gateway.routes import dead_letters, endpoints, example, files, health, jobs, webhooks
@@ -93,4 +93,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.metrics = Metrics(settings, app.state.keys, app.state.webhook_sources)
         app.add_middleware(HttpMetrics, metrics=app.state.metrics)
         app.router.routes.append(app.state.metrics.route())
+    console.install(app)
     return app

@@ -85,12 +85,20 @@ class DeadLetters:
         self._replay = redis.register_script(_REPLAY)
 
     async def list(
-        self, *, kind: str | None, since: float, until: float, limit: int
+        self,
+        *,
+        kind: str | None,
+        since: float,
+        until: float,
+        limit: int,
+        newest_first: bool = False,
     ) -> list[dict[str, Any]]:
-        """Dead letters in [since, until], oldest first, optionally of one kind."""
-        members = cast(
-            list[bytes], await self.redis.zrangebyscore(self.keys.dead_letters, since, until)
-        )
+        """Dead letters in [since, until], oldest (or newest) first, optionally of one kind."""
+        if newest_first:
+            found = await self.redis.zrevrangebyscore(self.keys.dead_letters, until, since)
+        else:
+            found = await self.redis.zrangebyscore(self.keys.dead_letters, since, until)
+        members = cast(list[bytes], found)
         out: list[dict[str, Any]] = []
         batch = 200
         for start in range(0, len(members), batch):
@@ -108,6 +116,19 @@ class DeadLetters:
                     if len(out) >= limit:
                         return out
         return out
+
+    async def get(self, member: str) -> dict[str, Any] | None:
+        """One dead letter as listed, or None when ``member`` is not dead (now)."""
+        record_kind, key = _record_key(self.keys, member)
+        if record_kind not in ("job", "delivery"):
+            return None
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zscore(self.keys.dead_letters, member)
+            pipe.hgetall(key)
+            score, raw = await pipe.execute()
+        if score is None or not raw:
+            return None
+        return _entry(member, decode(raw))
 
     async def replay(self, member: str) -> bool:
         """Start dead letter ``member`` again with the same id; False if it is not dead."""
