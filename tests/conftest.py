@@ -106,8 +106,8 @@ def process_env(redis_url: str, prefix: str, **extra: str) -> dict[str, str]:
         API_KEYS=PLAIN_KEY,
         ADMIN_API_KEYS=API_KEY,
         ENVIRONMENT="dev",
-        **extra,
     )
+    env.update(extra)
     return env
 
 

@@ -19,7 +19,7 @@ import redis
 
 from gateway.embedded import free_port
 from tasks.keys import Keys
-from tests.conftest import API_KEY, AUTH, Processes, api_ready, process_env, wait_for
+from tests.conftest import API_KEY, AUTH, PLAIN_KEY, Processes, api_ready, process_env, wait_for
 from tests.e2e.receiver import Receiver
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -32,7 +32,7 @@ pytestmark = [
 ]
 playwright_api = pytest.importorskip("playwright.sync_api")
 
-ADMIN_KEY = "console-admin-key-0123456789"
+ADMIN_KEY = API_KEY  # the suite's admin key; PLAIN_KEY only submits jobs
 XSS = "<script>window.__pwned=1</script><img src=x onerror=window.__pwned=2>"
 SHOTS = os.environ.get("CONSOLE_SCREENSHOTS_DIR")
 
@@ -48,7 +48,6 @@ def stack(redis_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     env = process_env(
         url,
         prefix,
-        ADMIN_API_KEYS=ADMIN_KEY,
         OUTBOUND_ALLOW_NETWORKS="127.0.0.1/32",
         OUTBOUND_ALLOW_HTTP="true",
         RETRY_POLICIES=json.dumps({"callbacks": {"max_attempts": 3, "schedule": [0.5, 0.5]}}),
@@ -122,7 +121,7 @@ def test_an_admin_signs_in_and_the_overview_updates_live(page: Any, stack: dict[
     page.goto("/console")
     assert page.url.endswith("/console/sign-in")
 
-    sign_in(page, API_KEY)  # a submit-only key
+    sign_in(page, PLAIN_KEY)  # a submit-only key
     playwright_api.expect(page.locator("#message")).to_contain_text("not an admin key")
     assert page.url.endswith("/console/sign-in")
 

@@ -118,7 +118,7 @@ def test_a_submit_only_key_cannot_sign_in_and_an_admin_key_can(
 
 
 def test_in_dev_with_no_keys_set_the_dev_key_signs_in(quiet_redis_url: str, prefix: str) -> None:
-    settings = make_settings(quiet_redis_url, prefix, api_keys=[])
+    settings = make_settings(quiet_redis_url, prefix, api_keys=[], admin_api_keys=[])
     with TestClient(create_app(settings), base_url="http://127.0.0.1") as client:
         assert sign_in(client, DEV_API_KEY)[0] == 303
         assert client.get("/console").status_code == 200
