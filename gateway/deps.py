@@ -8,7 +8,7 @@ from fastapi import Depends, Header, Request
 from redis.asyncio import Redis
 
 from core.settings import Settings
-from gateway.auth import authenticate, authenticate_admin
+from gateway.auth import authenticate, authenticate_admin, match_key
 from tasks.keys import Keys
 from tasks.store import JobStore
 
@@ -49,9 +49,20 @@ async def get_admin(request: Request, authorization: Annotated[str | None, Heade
     return authenticate_admin(authorization, state.api_key_hashes, state.admin_key_hashes)
 
 
+async def get_caller(
+    request: Request, authorization: Annotated[str | None, Header()] = None
+) -> tuple[str, bool]:
+    """The authenticated caller (401 otherwise) and whether its key is an admin key."""
+    state = request.app.state
+    owner = authenticate(authorization, state.api_key_hashes)
+    _, _, key = (authorization or "").partition(" ")
+    return owner, match_key(key, state.admin_key_hashes) is not None
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 RedisDep = Annotated[Redis, Depends(get_redis)]
 JobsDep = Annotated[JobStore, Depends(get_jobs)]
 KeysDep = Annotated[Keys, Depends(get_keys)]
 OwnerDep = Annotated[str, Depends(get_owner)]
 AdminDep = Annotated[str, Depends(get_admin)]
+CallerDep = Annotated[tuple[str, bool], Depends(get_caller)]

@@ -15,7 +15,7 @@ from core.settings import Settings
 from core.tracing import enter, export, exporting, ingest
 from gateway.auth import authenticate
 from gateway.body import parse_object, read_limited, require_json
-from gateway.deps import JobsDep, KeysDep, OwnerDep
+from gateway.deps import CallerDep, JobsDep, KeysDep, OwnerDep
 from gateway.errors import ApiError, invalid_input, responses
 from gateway.openapi import article, request_body
 from handlers.outbound import UrlRejected, check_url
@@ -178,13 +178,19 @@ async def get_job(job_id: str, owner: OwnerDep, jobs: JobsDep) -> JobView:
     responses=responses(401, 404, 503),
 )
 async def job_deliveries(
-    job_id: str, owner: OwnerDep, jobs: JobsDep, keys: KeysDep
+    job_id: str, caller: CallerDep, jobs: JobsDep, keys: KeysDep
 ) -> list[dict[str, Any]]:
-    """The job's callback deliveries, each with every attempt (time, status, latency, error)."""
+    """The job's deliveries, each with every attempt (time, status, latency, error).
+
+    Its owner sees its callback; the deliveries of its outcome to the operator's endpoints (their
+    URLs may carry tokens) are listed to admin keys only.
+    """
+    owner, admin = caller
     record = await jobs.get(job_id)
     if record is None or record.get("owner") != owner:
         raise ApiError("job_not_found", f"no job {job_id}")
-    return await list_for(jobs.redis, keys, f"job:{job_id}")
+    listed = await list_for(jobs.redis, keys, f"job:{job_id}")
+    return listed if admin else [d for d in listed if not d.get("endpoint_id")]
 
 
 async def _check_callback(url: Any, request: Request) -> None:

@@ -21,7 +21,8 @@ from fastapi.testclient import TestClient
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from gateway.main import create_app
-from tests.conftest import AUTH, Processes, make_settings, process_env, wait_for
+from tasks.keys import Keys
+from tests.conftest import AUTH, PLAIN, Processes, make_settings, process_env, wait_for
 from tests.e2e.receiver import Received, Receiver
 
 pytestmark = pytest.mark.e2e
@@ -81,7 +82,7 @@ def stack(
             mp.setenv("E2E_ENDPOINTS_SECRET", INBOUND_SECRET)
             app = create_app(settings)
         with TestClient(app) as client:
-            yield {"api": client, "procs": procs}
+            yield {"api": client, "procs": procs, "url": url, "keys": Keys(prefix)}
     finally:
         procs.stop()
 
@@ -229,6 +230,30 @@ def test_deliveries_are_listed_on_the_event_the_job_and_the_endpoint(
     assert api.get(f"/v1/endpoints/{issues['id']}", headers=AUTH).json()["deliveries"] == 3
     off = api.get(f"/v1/endpoints/{run['endpoints']['off']['id']}/deliveries", headers=AUTH)
     assert off.json()["items"] == []
+
+
+def test_a_plain_key_sees_its_callback_but_not_the_operator_s_endpoint_deliveries(
+    run: dict[str, Any], stack: dict[str, Any], receiver: Receiver
+) -> None:
+    api: TestClient = stack["api"]
+    callback = f"{receiver.url}/own-{run['tag']}"
+    body = {"message": "hi", "callback_url": callback}
+    job_id = api.post("/v1/jobs/echo", json=body, headers=PLAIN).json()["id"]
+    own = settled(
+        stack,
+        lambda: (
+            found
+            if all_final(found := api.get(f"/v1/jobs/{job_id}/deliveries", headers=PLAIN).json())
+            and found
+            else None
+        ),
+    )
+    assert [(d["url"], d["endpoint_id"]) for d in own] == [(callback, None)]
+    # the outcome did go to the endpoints taking job.succeeded, written with the final status
+    made = redis.Redis.from_url(stack["url"]).lrange(
+        stack["keys"].deliveries(f"job:{job_id}"), 0, -1
+    )
+    assert len(made) >= 3, made  # the callback, and the two endpoints subscribed to it
 
 
 def verifies(request: Received, secret: str) -> bool:
