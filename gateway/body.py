@@ -101,3 +101,18 @@ _DECODER = json.JSONDecoder(parse_constant=_no_constant)
 
 def _too_large(limit: int) -> ApiError:
     return ApiError("payload_too_large", f"the body exceeds {limit} bytes")
+
+
+def trace_headers(request: Request) -> tuple[str | None, str | None]:
+    """The request's ``traceparent`` and ``tracestate`` (None when absent), in one pass.
+
+    On the hot paths: one scan of the raw header list, where ``request.headers.get`` builds a
+    Headers object and scans it once per name, raising KeyError inside for an absent one.
+    """
+    parent = state = None
+    for name, value in request.scope["headers"]:
+        if name == b"traceparent" and parent is None:  # the first, as Headers.get gives
+            parent = value.decode("latin-1")
+        elif name == b"tracestate" and state is None:
+            state = value.decode("latin-1")
+    return parent, state

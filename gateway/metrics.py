@@ -151,6 +151,7 @@ class Metrics:
         self.exposed.register(QueueCollector(self.client, keys))
         # label children by key: .labels() costs a lock and a tuple build per call
         self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._webhook_children: dict[tuple[str, str], Any] = {}
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
         """Count one answered request (hot path: one dict lookup when the labels were seen)."""
@@ -169,8 +170,14 @@ class Metrics:
 
     def webhook(self, source: str, outcome: str) -> None:
         """Count one inbound webhook's outcome (an error code or accepted/duplicate/ignored)."""
-        label = source if source in self.sources else UNKNOWN_SOURCE
-        self.webhooks.labels(label, WEBHOOK_OUTCOMES.get(outcome, outcome)).inc()
+        key = (source, outcome)
+        child = self._webhook_children.get(key)
+        if child is None:
+            label = source if source in self.sources else UNKNOWN_SOURCE
+            child = self.webhooks.labels(label, WEBHOOK_OUTCOMES.get(outcome, outcome))
+            if source in self.sources:  # bounded: configured sources only
+                self._webhook_children[key] = child
+        child.inc()
 
     async def page(self, _: Request) -> Response:
         """The exposition, built off the event loop (the queue collector reads Redis, blocking)."""

@@ -14,7 +14,7 @@ from core.kinds import KINDS
 from core.settings import Settings
 from core.tracing import enter, export, exporting, ingest
 from gateway.auth import authenticate
-from gateway.body import parse_object, read_limited, require_json
+from gateway.body import parse_object, read_limited, require_json, trace_headers
 from gateway.deps import CallerDep, JobsDep, KeysDep, OwnerDep
 from gateway.errors import ApiError, invalid_input, responses
 from gateway.openapi import article, request_body
@@ -89,8 +89,8 @@ def _submit_endpoint(known: str | None) -> Callable[[Request], Coroutine[Any, An
         jobs: JobStore = state.jobs
         idempotency_key = request.headers.get("idempotency-key")
         started = time.time_ns()
-        traceparent = request.headers.get("traceparent")
-        trace = ingest(traceparent, request.headers.get("tracestate") if traceparent else None)
+        traceparent, tracestate = trace_headers(request)
+        trace = ingest(traceparent, tracestate if traceparent else None)
         enter(trace)
         if idempotency_key is not None and not 0 < len(idempotency_key) <= 255:
             raise ApiError("invalid_idempotency_key", "Idempotency-Key must be 1 to 255 characters")

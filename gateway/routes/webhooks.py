@@ -16,7 +16,7 @@ from pydantic import BaseModel
 
 from core.statuses import EventStatus
 from core.tracing import enter, export, exporting, ingest
-from gateway.body import encodable
+from gateway.body import encodable, trace_headers
 from gateway.deps import AdminDep
 from gateway.errors import ApiError, responses
 from gateway.metrics import count_webhook
@@ -125,8 +125,8 @@ async def _record(inbound: InboundWebhook, request: Request) -> tuple[JSONRespon
         raise ApiError("invalid_json", "the event's type or id is not valid Unicode")
     accepted = matches(event_type, config.events)
     started = time.time_ns()
-    traceparent = request.headers.get("traceparent")
-    trace = ingest(traceparent, request.headers.get("tracestate") if traceparent else None)
+    traceparent, tracestate = trace_headers(request)
+    trace = ingest(traceparent, tracestate if traceparent else None)
     enter(trace)
     event = NewEvent(
         id=new_id(),
