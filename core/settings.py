@@ -1,4 +1,8 @@
-"""The one settings class. Built once per process; every field is also in .env.example."""
+"""The one settings class. Built once per process; every field is also in .env.example.
+
+One piece on purpose (~300 lines): one class, field by field as .env.example lists them, with the
+checks that relate fields to each other; split, a reader would look in two places for a setting.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,8 @@
-"""The `gateway` command: dev (everything), api, worker QUEUE..., beat, status."""
+"""The `gateway` command: dev (everything), api, worker QUEUE..., beat, status.
+
+One piece (~290 lines): the argument parser and one short function per subcommand; what each
+starts lives elsewhere (gateway/dev.py, tasks/app.py, tasks/beat.py, tasks/monitor.py).
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,8 @@
 """The API's side of endpoints: create, read, page, change and delete the records
 tasks/endpoints.py describes; every change also bumps the version the workers' caches compare.
+
+One piece (~260 lines): every change an operator makes to an endpoint, each with the version
+bump the workers' caches compare, in one place.
 """
 
 from __future__ import annotations

@@ -3,6 +3,10 @@
 The machine is drawn in core/statuses.py: from running, a job ends succeeded, waits retrying
 (TransientError with attempts left), or ends failed (PermanentError, an invalid payload, a bug in
 the handler) or dead (TransientError, no attempts left).
+
+One piece (~290 lines): the claim, the run and the three ways out (retry, finish, offer to
+endpoints) share one record and one transaction each; apart, the invariant "a final job always has
+its callback and its endpoint deliveries queued" would span modules.
 """
 
 from __future__ import annotations

@@ -11,6 +11,9 @@ one transaction, guarded by WATCH, so a message delivered twice makes them once.
 Beside its TOML routes, every event a source accepts is offered to the endpoints that subscribed
 to it (tasks/endpoints.py), in the same transaction. An event no route matches but an endpoint
 takes is ``routed``.
+
+One piece (~260 lines): the claim, carrying the plan out and the result's write share one
+WATCH/MULTI transaction per event; the planning itself is tasks/routing.py.
 """
 
 from __future__ import annotations
