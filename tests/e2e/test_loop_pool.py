@@ -120,12 +120,15 @@ def test_the_batch_a_killed_worker_held_runs_after_the_visibility_timeout(
 ) -> None:
     n = 25
     r, prefix, procs = stack["r"], stack["prefix"], stack["procs"]
-    # Long enough that the second worker never holds a restored job past it on a loaded machine:
-    # at 3 s kombu sometimes restored one it was still running, which then ran twice.
+    # Short, but long enough that no live worker's held job comes back while it still runs, on a
+    # loaded machine: at a 2 s time limit the reaper's overdue pass (limit + grace) gave back the
+    # first worker's whole batch before the kill, so every job ran three times (1 CI run in 5),
+    # and at a 3 s visibility timeout kombu did the same to single jobs. The time limits must stay
+    # below the visibility timeout (settings refuse otherwise).
     short = {
-        "VISIBILITY_TIMEOUT_SECONDS": "8",
-        "DEFAULT_TASK_TIME_LIMIT_SECONDS": "2",
-        "FILES_TASK_TIME_LIMIT_SECONDS": "2",
+        "VISIBILITY_TIMEOUT_SECONDS": "15",
+        "DEFAULT_TASK_TIME_LIMIT_SECONDS": "12",
+        "FILES_TASK_TIME_LIMIT_SECONDS": "12",
     }
     with LlmStub(delay=60) as hanging, LlmStub(delay=0) as answering:
         first = procs.start(
