@@ -32,7 +32,7 @@ from tasks.app import app
 from tasks.clients import get_clients
 from tasks.deliveries import CALLBACK_POLICY, DELIVER_TASK, attempt_record
 from tasks.endpoint_limits import Gate
-from tasks.endpoints import bump_version, offer
+from tasks.endpoints import bump_version, load_all_async, offer
 from tasks.pipelined import Commands
 from tasks.protocol import task_message
 from tasks.queues import CALLBACKS
@@ -202,7 +202,7 @@ def _endpoint_outcome(
 
 def _disabled_event(endpoint_id: str, url: str, reason: str) -> Commands:
     """The deliveries of an ``endpoint.disabled`` event to the endpoints subscribed to it."""
-    endpoints = loop.run(endpoint_limits.load_endpoints(fast_redis(), keys()))
+    endpoints = loop.run(load_all_async(fast_redis(), keys()))
     body: dict[str, Any] = {
         "type": "endpoint.disabled",
         "timestamp": now_iso(),

@@ -23,7 +23,7 @@ endpoint after ENDPOINT_PAUSE_AFTER_FAILURES failures in a row, and disables it 
 after ENDPOINT_DISABLE_AFTER_SECONDS of continuous failure, writing the ``endpoint.disabled``
 event's deliveries in the same script (logged on one line and counted in ``Keys.counters``).
 Keys are computed in the scripts from the endpoint id (fine on one Redis; a Redis Cluster would
-need hash tags), named in tasks/keys.py ``endpoint_limit``. One piece on purpose (~360 lines,
+need hash tags), named in tasks/keys.py ``endpoint_limit``. One piece on purpose (~350 lines,
 half of it Lua): the gate and the outcome read and write the same per-endpoint state, and each
 only makes sense beside the other.
 
@@ -322,17 +322,6 @@ def disable_reason(url: str, fields: dict[str, str], result: str) -> str:
         return f"410 Gone from {urlsplit(url).hostname}"
     since = float(fields.get("failing_since") or time.time())
     return f"failing continuously since {datetime.fromtimestamp(since, UTC).isoformat()}"
-
-
-async def load_endpoints(conn: PipelinedRedis, keys: Keys) -> list[Endpoint]:
-    """Every endpoint on record, on the pipelined connection (the loop must not block)."""
-    import asyncio
-
-    ids = await conn.execute("ZRANGE", keys.endpoints, 0, -1)
-    replies = await asyncio.gather(
-        *(conn.execute("HGETALL", keys.endpoint(i.decode())) for i in ids)
-    )
-    return [parse(_pairs(fields)) for fields in replies if fields]
 
 
 async def release_held(client: Redis, keys: Keys, endpoint_id: str) -> int:

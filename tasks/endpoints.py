@@ -34,6 +34,7 @@ in its own transaction (``bump_version``): a worker keeps the endpoint list in m
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -47,7 +48,7 @@ from core.statuses import EndpointStatus
 from handlers.webhooks import matches
 from tasks.deliveries import add_delivery
 from tasks.keys import Keys
-from tasks.pipelined import Commands
+from tasks.pipelined import Commands, PipelinedRedis
 
 JOB_SOURCE = "jobs"  # the source name of job outcome events (job.succeeded, job.failed)
 ENDPOINT_DELIVERIES_KEPT = 10_000  # per endpoint, in its list; older ones stay on their parent
@@ -121,6 +122,15 @@ def load_all(client: redis.Redis, keys: Keys) -> list[Endpoint]:
     for endpoint_id in ids:
         pipe.hgetall(keys.endpoint(endpoint_id.decode()))
     return [parse(fields) for fields in pipe.execute() if fields]
+
+
+async def load_all_async(conn: PipelinedRedis, keys: Keys) -> list[Endpoint]:
+    """``load_all`` on the pipelined connection, for code on the process loop (must not block)."""
+    ids = await conn.execute("ZRANGE", keys.endpoints, 0, -1)
+    replies = await asyncio.gather(
+        *(conn.execute("HGETALL", keys.endpoint(i.decode())) for i in ids)
+    )
+    return [parse(dict(zip(raw[::2], raw[1::2], strict=True))) for raw in replies if raw]
 
 
 def _write(writes: Pipeline | Commands, *command: Any) -> None:
