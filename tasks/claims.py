@@ -67,11 +67,13 @@ def claim_script(
     started_at: bool,
     ttl: bool,
     clear: tuple[str, ...] = (),
+    publish: bool = False,
 ) -> Script:
     """The claim for records whose final statuses are ``final``, in progress as ``running``.
 
     KEYS[1] is the record's hash; ARGV holds the start time (if ``started_at``), then the time to
-    live (if ``ttl``). ``clear``: fields the last attempt left that a new one empties.
+    live (if ``ttl``). ``clear``: fields the last attempt left that a new one empties. With
+    ``publish``, KEYS[2] is the record's change channel and hears ``running`` (tasks/changes.py).
     """
     argv = 0
     fields = ["'status'", lua_string(running)]
@@ -89,12 +91,17 @@ def claim_script(
     if ttl:
         argv += 1
         lines.append(f"redis.call('EXPIRE', KEYS[1], ARGV[{argv}])")
+    if publish:
+        lines.append(f"redis.call('PUBLISH', KEYS[2], {lua_string(running)})")
     lines.append("return redis.call('HGETALL', KEYS[1])")
     return Script("\n".join(lines) + "\n")
 
 
-# ARGV: start time, ttl. The last attempt's error goes: a running job shows none.
-JOB_CLAIM = claim_script(JOB_FINAL, JobStatus.RUNNING, started_at=True, ttl=True, clear=("error",))
+# KEYS: the job, its change channel. ARGV: start time, ttl. The last attempt's error goes: a
+# running job shows none.
+JOB_CLAIM = claim_script(
+    JOB_FINAL, JobStatus.RUNNING, started_at=True, ttl=True, clear=("error",), publish=True
+)
 # No ARGV: a delivery's attempts carry their own times, and its ttl is renewed when one ends.
 DELIVERY_CLAIM = claim_script(
     DELIVERY_FINAL, DeliveryStatus.DELIVERING, started_at=False, ttl=False
@@ -104,15 +111,20 @@ EVENT_CLAIM = claim_script(EVENT_FINAL, EventStatus.PROCESSING, started_at=True,
 
 
 async def claim(
-    conn: PipelinedRedis, script: Script, key: str, *args: Any
+    conn: PipelinedRedis, script: Script, key: str, *args: Any, channel: str | None = None
 ) -> dict[Any, Any] | None:
-    """Run claim ``script`` on record ``key``: its raw fields, or None when it is gone or final."""
-    return _fields(await conn.eval_script(script.text, script.sha, [key], list(args)))
+    """Run claim ``script`` on record ``key``: its raw fields, or None when it is gone or final.
+    ``channel``: the record's change channel, for a script made with ``publish``."""
+    script_keys = [key] if channel is None else [key, channel]
+    return _fields(await conn.eval_script(script.text, script.sha, script_keys, list(args)))
 
 
-def claim_sync(client: redis.Redis, script: Script, key: str, *args: Any) -> dict[Any, Any] | None:
+def claim_sync(
+    client: redis.Redis, script: Script, key: str, *args: Any, channel: str | None = None
+) -> dict[Any, Any] | None:
     """``claim`` for a blocking redis-py client."""
-    return _fields(client.eval(script.text, 1, key, *args))
+    script_keys = [key] if channel is None else [key, channel]
+    return _fields(client.eval(script.text, len(script_keys), *script_keys, *args))
 
 
 def _fields(raw: Any) -> dict[Any, Any] | None:

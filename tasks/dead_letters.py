@@ -24,7 +24,8 @@ from tasks.store import decode, now_iso
 from tasks.submit import dispatch
 
 _REPLAY = f"""
--- KEYS: dead-letter zset, record hash, queue, dead letters by kind (tasks/monitor.py)
+-- KEYS: dead-letter zset, record hash, queue, dead letters by kind (tasks/monitor.py), the
+--       record's change channel (a job's: tasks/changes.py)
 -- ARGV: member, message, ttl, now, kind of record, attempts budget, kind counted under
 -- Attempts keep counting (they are a true count of executions); the budget starts afresh.
 if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
@@ -34,6 +35,7 @@ if ARGV[5] == 'job' then
   redis.call('HSET', KEYS[2], 'status', {lua_string(JobStatus.QUEUED)}, 'max_attempts', cap,
              'error', '', 'result', '', 'started_at', '', 'finished_at', '', 'progress', 0,
              'replayed_at', ARGV[4])
+  redis.call('PUBLISH', KEYS[5], {lua_string(JobStatus.QUEUED)})
 else
   redis.call('HSET', KEYS[2], 'status', {lua_string(DeliveryStatus.PENDING)}, 'max_attempts', cap,
              'finished_at', '', 'last_error', '', 'replayed_at', ARGV[4])
@@ -151,7 +153,13 @@ class DeadLetters:
             budget = policy_for("callbacks", CALLBACK_POLICY).max_attempts
             counted = "callback"
         done = await self._replay(
-            keys=[self.keys.dead_letters, key, queue, self.keys.dead_letter_counts],
+            keys=[
+                self.keys.dead_letters,
+                key,
+                queue,
+                self.keys.dead_letter_counts,
+                self.keys.job_changes(ident),
+            ],
             args=[member, message, self.ttl, now_iso(), record_kind, budget, counted],
         )
         return bool(done)

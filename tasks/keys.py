@@ -97,3 +97,17 @@ class Keys:
     def counters(self) -> str:
         """Hash: event counters by name ('endpoint.disabled'). No TTL."""
         return f"{self.prefix}counters"
+
+    def job_changes(self, job_id: str) -> str:
+        """Pub/sub channel: one job's changes (tasks/changes.py has the messages). No state."""
+        return f"{self.prefix}jobch:{job_id}"
+
+    @property
+    def job_changes_pattern(self) -> str:
+        """PSUBSCRIBE pattern matching every job's change channel."""
+        return f"{self.prefix}jobch:*"
+
+    def activity(self, minute: int) -> str:
+        """Hash: job counts in one minute (epoch // 60) by what happened (tasks/changes.py).
+        TTL: changes.ACTIVITY_TTL_SECONDS (the console's chart shows the last hour)."""
+        return f"{self.prefix}activity:{minute}"

@@ -125,6 +125,9 @@ class Commands:
     def zadd(self, key: str, mapping: Mapping[Any, float]) -> None:
         self.items.append(("ZADD", key, *(part for m, v in mapping.items() for part in (v, m))))
 
+    def publish(self, channel: str, message: str) -> None:
+        self.items.append(("PUBLISH", channel, message))
+
     def hincrby(self, key: str, name: str, amount: int = 1) -> None:
         self.items.append(("HINCRBY", key, name, amount))
 

@@ -32,7 +32,7 @@ from core.statuses import JOB_DEAD_LETTER, JobStatus
 from core.tracing import current_fields, from_record, traced
 from core.validation import error_record, summary
 from handlers.errors import PermanentError, TransientError
-from tasks import loop, metrics
+from tasks import changes, loop, metrics
 from tasks.claims import JOB_CLAIM, claim
 from tasks.context import JobContext
 from tasks.deliveries import CALLBACK_POLICY, add_delivery, job_event
@@ -156,7 +156,8 @@ def requeued_if_redis_fails() -> Iterator[None]:
 def run_job(job_id: str) -> str | None:
     """Run job ``job_id`` once; returns the status it ended in (None if it was not runnable)."""
     ttl = get_settings().job_ttl_seconds
-    fields = loop.run(claim(fast_redis(), JOB_CLAIM, keys().job(job_id), now_iso(), ttl))
+    key, channel = keys().job(job_id), keys().job_changes(job_id)
+    fields = loop.run(claim(fast_redis(), JOB_CLAIM, key, now_iso(), ttl, channel=channel))
     if fields is None:
         log.info("job %s is unknown or already final; message dropped", job_id)
         return None
@@ -208,7 +209,10 @@ def _call(kind: Kind, payload: Any, ctx: JobContext) -> Any:
 
 
 def _progress(job_id: str, pct: int) -> None:
-    worker_redis().hset(keys().job(job_id), "progress", max(0, min(100, int(pct))))
+    with worker_redis().pipeline(transaction=True) as pipe:
+        pipe.hset(keys().job(job_id), "progress", max(0, min(100, int(pct))))
+        pipe.publish(keys().job_changes(job_id), changes.PROGRESS)
+        pipe.execute()
 
 
 def _retry(job: dict[str, Any], kind: Kind, delay: float, error: dict[str, str]) -> str:
@@ -219,6 +223,8 @@ def _retry(job: dict[str, Any], kind: Kind, delay: float, error: dict[str, str])
     fields = {"status": JobStatus.RETRYING, "error": error}
     writes.hset(keys().job(job["id"]), mapping=encode(fields))
     writes.zadd(keys().schedule, {f"{queue}\n{message}": due})
+    changes.changed(writes, keys(), job["id"], JobStatus.RETRYING)
+    changes.count(writes, keys(), "retried")
     loop.run(fast_redis().transaction(writes))
     log.info(
         "job %s attempt %s failed (%s); retry in %.1fs",
@@ -268,6 +274,8 @@ def _finish(
         writes.hincrby(keys().dead_letter_counts, str(job["kind"]))  # tasks/monitor.py
     else:
         writes.expire(key, get_settings().job_ttl_seconds)
+    changes.changed(writes, keys(), job["id"], status)
+    changes.count(writes, keys(), status)
     # and its outcome offered to every endpoint that subscribed to it, in the same transaction
     _write_offering(
         writes,

@@ -18,6 +18,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from core.statuses import JobStatus
+from tasks import changes
 from tasks.keys import Keys
 from tasks.pipelined import PipelinedRedis
 from tasks.protocol import dumps
@@ -25,9 +26,10 @@ from tasks.protocol import dumps
 JSON_FIELDS = ("payload", "result", "error")
 
 _CREATE = """
--- KEYS: job hash, queue list, schedule zset, idempotency key
+-- KEYS: job hash, queue list, schedule zset, idempotency key, this minute's counts, change channel
 -- ARGV: job ttl, message, due (0 = now), use idempotency (0/1), idempotency value, idem ttl,
---       the job's fields as one JSON object of strings (one argument: cheap to send)
+--       the job's fields as one JSON object of strings (one argument: cheap to send),
+--       the counts' ttl, the job's status
 if ARGV[4] == '1' then
   local existing = redis.call('GET', KEYS[4])
   if existing then return existing end
@@ -45,6 +47,9 @@ if tonumber(ARGV[3]) > 0 then
 else
   redis.call('LPUSH', KEYS[2], ARGV[2])
 end
+redis.call('HINCRBY', KEYS[5], 'accepted', 1)
+redis.call('EXPIRE', KEYS[5], ARGV[8])
+redis.call('PUBLISH', KEYS[6], ARGV[9])
 return false
 """
 
@@ -134,12 +139,13 @@ def create_call(
     """KEYS and ARGV of the create script for ``job``."""
     if job.due:  # a scheduled job's record outlives its schedule entry by the usual ttl
         ttl += max(0, math.ceil(job.due - time.time()))
+    status = JobStatus.SCHEDULED if job.due else JobStatus.QUEUED
     fields = encode(
         {
             "id": job.id,
             "kind": job.kind,
             "owner": job.owner,
-            "status": JobStatus.SCHEDULED if job.due else JobStatus.QUEUED,
+            "status": status,
             "attempts": 0,
             "max_attempts": job.max_attempts,
             "created_at": now_iso(),
@@ -159,8 +165,11 @@ def create_call(
         f"{job.id} {idem.body_sha256}" if idem else "",
         idem.ttl if idem else 0,
         dumps(fields),
+        changes.ACTIVITY_TTL_SECONDS,
+        status,
     ]
-    return [keys.job(job.id), queue, keys.schedule, idem_key], args
+    counts, channel = keys.activity(changes.minute()), keys.job_changes(job.id)
+    return [keys.job(job.id), queue, keys.schedule, idem_key, counts, channel], args
 
 
 def create_sync(

@@ -71,7 +71,8 @@ def test_a_claim_starts_an_attempt_unless_the_record_is_final(
         quiet_redis.delete(key)
         quiet_redis.hset(key, mapping={"status": status, "attempts": 2, "error": "last time"})
         args = {JOB_CLAIM: ["now", 60], DELIVERY_CLAIM: [], EVENT_CLAIM: ["now", 60]}[script]
-        fields = claim_sync(quiet_redis, script, key, *args)
+        channel = "claims-test:changes" if script is JOB_CLAIM else None
+        fields = claim_sync(quiet_redis, script, key, *args, channel=channel)
         after = quiet_redis.hgetall(key)
         if status in final:
             assert fields is None, status
@@ -117,7 +118,7 @@ def test_the_loop_claim_goes_by_sha_and_loads_a_flushed_script(
     async def on_the_loop() -> object:
         conn = PipelinedRedis(quiet_redis_url, 2.0)
         try:
-            return await claim(conn, JOB_CLAIM, key, "now", 60)
+            return await claim(conn, JOB_CLAIM, key, "now", 60, channel="claims-test:changes")
         finally:
             await conn.close()
 
