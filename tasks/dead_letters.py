@@ -17,21 +17,27 @@ from core.retry import policy_for
 from core.statuses import DeliveryStatus, JobStatus
 from tasks.claims import lua_string
 from tasks.deliveries import CALLBACK_POLICY, DELIVER_TASK
+from tasks.job_index import lua_move
 from tasks.keys import Keys
 from tasks.protocol import task_message
 from tasks.queues import CALLBACKS
 from tasks.store import decode, now_iso
 from tasks.submit import dispatch
 
+# a replayed job moves to queued's index set (tasks/job_index.py), read before its status changes
+_TO_QUEUED = lua_move("KEYS[2]", "KEYS[6]", "ARGV[8]", "ARGV[9]", lua_string(JobStatus.QUEUED))
 _REPLAY = f"""
 -- KEYS: dead-letter zset, record hash, queue, dead letters by kind (tasks/monitor.py), the
---       record's change channel (a job's: tasks/changes.py)
--- ARGV: member, message, ttl, now, kind of record, attempts budget, kind counted under
+--       record's change channel (a job's: tasks/changes.py), the all-jobs index and the job's
+--       attempts (tasks/job_index.py, tasks/job_attempts.py)
+-- ARGV: member, message, ttl, now, kind of record, attempts budget, kind counted under, the
+--       index sets' prefix, the record's id
 -- Attempts keep counting (they are a true count of executions); the budget starts afresh.
 if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
 redis.call('HINCRBY', KEYS[4], ARGV[7], -1)
 local cap = tonumber(redis.call('HGET', KEYS[2], 'attempts') or '0') + tonumber(ARGV[6])
 if ARGV[5] == 'job' then
+{_TO_QUEUED}  redis.call('EXPIRE', KEYS[7], ARGV[3])
   redis.call('HSET', KEYS[2], 'status', {lua_string(JobStatus.QUEUED)}, 'max_attempts', cap,
              'error', '', 'result', '', 'started_at', '', 'finished_at', '', 'progress', 0,
              'replayed_at', ARGV[4])
@@ -159,7 +165,19 @@ class DeadLetters:
                 queue,
                 self.keys.dead_letter_counts,
                 self.keys.job_changes(ident),
+                self.keys.jobs_by_time,
+                self.keys.job_attempts(ident),
             ],
-            args=[member, message, self.ttl, now_iso(), record_kind, budget, counted],
+            args=[
+                member,
+                message,
+                self.ttl,
+                now_iso(),
+                record_kind,
+                budget,
+                counted,
+                self.keys.jobs_by_prefix,
+                ident,
+            ],
         )
         return bool(done)
