@@ -26,6 +26,7 @@ from gateway.console.web import (
     seconds,
 )
 from tasks.deliveries import list_for
+from tasks.job_attempts import timeline
 from tasks.keys import Keys
 from tasks.monitor import snapshot
 from tasks.store import JobStore
@@ -147,14 +148,6 @@ async def overview_stream(request: Request, _: SessionDep) -> Response:
     )
 
 
-@router.get("/jobs")
-async def find_job(request: Request, _: SessionDep, id: str = "") -> Response:
-    """The job-id box in the navigation: to the job's page."""
-    if not id.strip():
-        raise ConsoleError(400, "Give a job id.")
-    return RedirectResponse(f"{PREFIX}/jobs/{id.strip()}", 303)
-
-
 @router.get("/jobs/{job_id}")
 async def job_page(job_id: str, request: Request, _: SessionDep) -> Response:
     """One job: payload, status, attempts, error, result, progress, callback deliveries."""
@@ -167,7 +160,9 @@ async def job_page(job_id: str, request: Request, _: SessionDep) -> Response:
         "attempts": record.get("attempts", 0),
         "progress": record.get("progress", 0),
     }
-    return render(request, "job.html", {"job": job, "deliveries": deliveries})
+    attempts = await timeline(jobs.redis, request.app.state.keys, record)
+    context = {"job": job, "deliveries": deliveries, "timeline": attempts}
+    return render(request, "job.html", context)
 
 
 @router.get("/static/{name}")
