@@ -193,3 +193,18 @@ def test_the_stream_needs_a_session_and_lets_go_of_redis(page: Any, stack: dict[
     # the client went: the subscription (and its connection) ends with it
     wait_for(lambda: subscribers() == before, timeout=10)
     r.close()
+
+
+def test_older_pages_follow_the_cursor(page: Any, stack: dict[str, Any]) -> None:
+    later = [submit(stack, {"message": f"later {n}", "delay_seconds": 3600}) for n in range(55)]
+    page.goto("/console/jobs?kind=echo&status=scheduled")
+    rows = page.locator("#jobs tbody tr")
+    expect(rows).to_have_count(50)
+    first = [rows.nth(i).get_attribute("data-job-id") for i in range(50)]
+    page.click("#older")
+    expect(rows).to_have_count(5)
+    second = [rows.nth(i).get_attribute("data-job-id") for i in range(5)]
+    assert sorted(first + second) == sorted(later)
+    assert page.locator("#older").count() == 0
+    page.goto("/console/jobs?cursor=not-ours")
+    expect(page.locator("main")).to_contain_text("not one of ours")
