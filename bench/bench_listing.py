@@ -137,7 +137,7 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=200)
     args = parser.parse_args()
     url = f"{args.url.rstrip('/')}/{args.db}"
-    client = redis.Redis.from_url(url)
+    client = redis.Redis.from_url(url, socket_timeout=300)  # FLUSHDB of a million keys: seconds
     if client.dbsize():
         print(f"{url} is not empty; pick an empty database (--db)", file=sys.stderr)
         return 2
