@@ -131,5 +131,5 @@ class Keys:
 
     def job_attempts(self, job_id: str) -> str:
         """List: a job's ended attempts, JSON each (tasks/job_attempts.py). TTL: as its record,
-        persisted while a dead letter."""
-        return f"{self.prefix}job:{job_id}:attempts"
+        persisted while a dead letter. Not under 'job:': a scan for job records finds only them."""
+        return f"{self.prefix}jobtries:{job_id}"

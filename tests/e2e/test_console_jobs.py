@@ -13,6 +13,7 @@ import httpx
 import pytest
 import redis
 
+from core.statuses import JobStatus
 from gateway.embedded import free_port
 from tasks.keys import Keys
 from tests.conftest import API_KEY, AUTH, Processes, api_ready, process_env, wait_for
@@ -157,6 +158,11 @@ def test_a_retried_and_a_dead_job_show_every_attempt(page: Any, stack: dict[str,
     keys = Keys(stack["prefix"])
     assert r.ttl(keys.job_attempts(dead)) == -1
     assert r.ttl(keys.job_attempts(retried)) > 0
+    # the real worker's claim, retry and finish moved each between the index sets: one set each
+    for job_id, status in ((retried, "succeeded"), (dead, "dead")):
+        holding = [s for s in JobStatus if r.zscore(keys.jobs_by("echo", s), job_id) is not None]
+        assert holding == [status]
+        assert r.zscore(keys.jobs_by("echo", status), job_id) == r.zscore(keys.jobs_by_time, job_id)
     r.close()
 
     # the jobs page's status filter finds it among the dead, and older pages chain by cursor
