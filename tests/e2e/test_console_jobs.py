@@ -14,7 +14,7 @@ import pytest
 import redis
 
 from core.statuses import JobStatus
-from gateway.embedded import free_port
+from gateway.embedded import EmbeddedRedis, free_port
 from tasks.keys import Keys
 from tests.conftest import API_KEY, AUTH, Processes, api_ready, process_env, wait_for
 
@@ -214,3 +214,28 @@ def test_older_pages_follow_the_cursor(page: Any, stack: dict[str, Any]) -> None
     assert page.locator("#older").count() == 0
     page.goto("/console/jobs?cursor=not-ours")
     expect(page.locator("main")).to_contain_text("not one of ours")
+
+
+def test_the_stream_ends_when_redis_goes(tmp_path: Path) -> None:
+    server = EmbeddedRedis().start()
+    procs = Processes(tmp_path)
+    try:
+        port = free_port()
+        procs.start(["api", "--port", str(port)], process_env(server.url, "jobs-drop:"))
+        base = f"http://127.0.0.1:{port}"
+        wait_for(lambda: api_ready(base), timeout=30)
+        with httpx.Client(base_url=base, timeout=10) as http:
+            form = http.get("/console/sign-in").text
+            token = form.split('name="signin_token" value="', 1)[1].split('"', 1)[0]
+            signed = http.post("/console/sign-in", data={"key": API_KEY, "signin_token": token})
+            assert signed.status_code == 303
+            with http.stream("GET", "/console/jobs/stream") as sse:
+                lines = sse.iter_lines()
+                assert next(lines) == "event: ready"
+                server.stop()
+                # the stream says so and ends (the browser's EventSource then reconnects)
+                rest = list(lines)
+        assert "event: unavailable" in rest, rest
+    finally:
+        procs.stop()
+        server.stop()
