@@ -239,3 +239,31 @@ def test_the_stream_ends_when_redis_goes(tmp_path: Path) -> None:
     finally:
         procs.stop()
         server.stop()
+
+
+def test_a_burst_of_changes_is_read_once_per_job_and_bounded(
+    page: Any, stack: dict[str, Any]
+) -> None:
+    keys = Keys(stack["prefix"])
+    job_id = submit(stack, {"message": "burst", "delay_seconds": 3600})  # stays scheduled
+    cookie = next(c for c in page.context.cookies() if c["name"] == "gw_console")
+    r = redis.Redis.from_url(stack["url"])
+    stream = f"{stack['base']}/console/jobs/stream"
+    with httpx.stream("GET", stream, cookies={"gw_console": cookie["value"]}, timeout=10) as sse:
+        lines = sse.iter_lines()
+        assert next(lines) == "event: ready"
+        pipe = r.pipeline(transaction=False)
+        for _ in range(100):  # one job changing 100 times at once: read and sent once a gathering
+            pipe.publish(keys.job_changes(job_id), "progress")
+        for n in range(500):  # more jobs than one gathering reads: the page is told
+            pipe.publish(keys.job_changes(f"gone-{n}"), "queued")
+        pipe.execute()
+        events: list[str] = []
+        for line in lines:
+            if line.startswith("event: "):
+                events.append(line.removeprefix("event: "))
+            if "overflow" in events:
+                break
+    r.close()
+    # once per gathering (200 ms): the 100 changes may straddle two of them, never more
+    assert 1 <= events.count("job") <= 2, events
