@@ -8,6 +8,7 @@ letter replayed twice at once is replayed once.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, cast
 
 from redis.asyncio import Redis
@@ -79,6 +80,10 @@ def _entry(member: str, record: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+# the replay script's keys and args for one dead letter
+ReplayCall = tuple[list[str], list[Any]]
+
+
 class DeadLetters:
     """The API's side of the dead-letter store."""
 
@@ -144,7 +149,7 @@ class DeadLetters:
         done = await self._replay(keys=call[0], args=call[1])
         return bool(done)
 
-    def replay_call(self, member: str, job_kind: str | None) -> tuple[list[str], list[Any]] | None:
+    def replay_call(self, member: str, job_kind: str | None) -> ReplayCall | None:
         """The replay script's keys and args for ``member`` (a job of ``job_kind``), or None.
 
         One place for them, so replaying one and replaying a range in batches
@@ -175,7 +180,7 @@ class DeadLetters:
         ]
         return keys, [member, message, self.ttl, now_iso(), record_kind, budget, counted]
 
-    async def replay_many(self, calls: list[tuple[list[str], list[Any]]]) -> list[bool]:
+    async def replay_many(self, calls: Sequence[ReplayCall]) -> Sequence[bool]:
         """Run the replay script for each of ``calls`` (``replay_call``) in one round trip."""
         if not calls:
             return []
