@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -133,11 +134,23 @@ def test_an_admin_signs_in_and_the_overview_updates_live(page: Any, stack: dict[
     playwright_api.expect(page.locator("#live")).to_have_text("live")
     playwright_api.expect(default.locator('[data-field="workers_alive"]')).to_have_text("1")
 
+    playwright_api.expect(default.locator('[data-field="in_flight"]')).to_have_text(
+        re.compile(r"^\d+$")
+    )
+    chart = page.locator("#activity-chart")
+    playwright_api.expect(chart.locator("polyline")).to_have_count(4)
+    line = chart.locator('polyline[data-series="accepted"]')
+    points = line.get_attribute("points")
+
     before = int(page.inner_text("#scheduled"))
+    accepted = int(page.inner_text("#total-accepted"))
     page.evaluate("window.__same_page = 1")
     submit(stack, {"message": "later", "delay_seconds": 3600})
     submit(stack, {"message": "later too", "delay_seconds": 3600})
     playwright_api.expect(page.locator("#scheduled")).to_have_text(str(before + 2))
+    # the chart counts them as accepted this minute, redrawn from the same stream
+    playwright_api.expect(page.locator("#total-accepted")).to_have_text(str(accepted + 2))
+    playwright_api.expect(line).not_to_have_attribute("points", points or "")
     assert page.evaluate("window.__same_page") == 1  # updated in place, not reloaded
 
 
