@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -190,6 +191,44 @@ def test_a_dead_letter_is_replayed_by_clicking(page: Any, stack: dict[str, Any])
     for job_id in (first, second):
         cell = page.locator(f'#outcomes tr[data-id="job:{job_id}"] .outcome')
         playwright_api.expect(cell).to_have_text("queued")
+
+
+def test_a_range_of_dead_callbacks_is_replayed_after_a_confirmation(
+    page: Any, stack: dict[str, Any]
+) -> None:
+    # callbacks that fail all three attempts of their budget (9 requests for 3 deliveries on one
+    # path), then succeed: dead letters of kind "callback", which no other test here makes
+    since = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(time.time() - 1))
+    url = f"{stack['receiver'].url}/flaky?fail=9&case={uuid.uuid4().hex}"
+    jobs = [submit(stack, {"message": i, "callback_url": url}) for i in range(3)]
+
+    def delivery(job_id: str) -> dict[str, Any] | None:
+        found = httpx.get(f"{stack['base']}/v1/jobs/{job_id}/deliveries", headers=AUTH, timeout=10)
+        return found.json()[0] if found.json() else None
+
+    for job_id in jobs:
+        wait_for(lambda job_id=job_id: (delivery(job_id) or {}).get("status") == "dead", timeout=60)
+
+    sign_in(page, ADMIN_KEY)
+    page.click("text=Dead letters")
+    page.select_option("#kind", "callback")
+    page.fill("#since", since)
+    page.click("#filter")
+    playwright_api.expect(page.locator("#dead-letters tbody tr")).to_have_count(3)
+    page.click("#replay-range")
+    playwright_api.expect(page.locator("#range-count")).to_have_text("3")
+    playwright_api.expect(page.locator("#range-kind")).to_have_text("callback")
+    page.click("#confirm-range")
+    playwright_api.expect(page.locator("#replayed-count")).to_have_text("3")
+    playwright_api.expect(page.locator("#skipped-count")).to_have_text("0")
+    # a real worker sends them again, and now the receiver takes them
+    for job_id in jobs:
+        wait_for(
+            lambda job_id=job_id: (delivery(job_id) or {}).get("status") == "delivered",
+            timeout=60,
+        )
+    page.goto("/console/dead-letters?kind=callback")
+    playwright_api.expect(page.locator("#empty")).to_be_visible()
 
 
 def test_a_job_page_shows_the_job_and_its_deliveries(page: Any, stack: dict[str, Any]) -> None:
