@@ -38,7 +38,7 @@ def _store(request: Request) -> DeadLetters:
     return store
 
 
-def _moment(text: str, name: str) -> float | None:
+def moment(text: str, name: str) -> float | None:
     """Epoch seconds of a form's time (ISO 8601; no zone given means UTC), None when empty."""
     if not text.strip():
         return None
@@ -54,7 +54,7 @@ def _moment(text: str, name: str) -> float | None:
 def _filters(kind: str, since: str, until: str) -> tuple[str | None, float, float]:
     if kind and kind not in FILTER_KINDS:
         raise ConsoleError(400, f"No kind {kind}.")
-    low, high = _moment(since, "since"), _moment(until, "until")
+    low, high = moment(since, "since"), moment(until, "until")
     return kind or None, low if low is not None else 0.0, high if high is not None else math.inf
 
 
