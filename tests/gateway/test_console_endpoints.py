@@ -12,11 +12,12 @@ from typing import Any
 
 import pytest
 import redis
+from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 
 from tasks.keys import Keys
 from tests.conftest import API_KEY, AUTH
-from tests.gateway.test_console_security import XSS, csrf, sign_in
+from tests.gateway.test_console_security import XSS, assert_secured, csrf, sign_in
 from tests.gateway.test_endpoints_api import HOOK, api, offered  # noqa: F401 (fixture)
 
 
@@ -142,3 +143,30 @@ def test_recover_resends_failed_and_dead_deliveries_and_the_page_lists_them(
     )
     assert re.search(r'id="recovered-count">0<', again.text)
     assert console.get("/console/endpoints/ep_nope").status_code == 404
+
+
+def test_every_endpoint_and_dead_letter_route_needs_a_session_and_posts_their_token(
+    api: TestClient,  # noqa: F811
+) -> None:
+    routes = [
+        (route.path.replace("{endpoint_id}", "ep_x").replace("{member}", "job:x"), method)
+        for route in api.app.routes  # type: ignore[attr-defined]
+        if isinstance(route, APIRoute)
+        and route.path.startswith(("/console/endpoints", "/console/dead-letters"))
+        for method in route.methods
+    ]
+    assert ("/console/endpoints/ep_x/rotate-secret", "POST") in routes
+    assert ("/console/dead-letters/replay-range", "POST") in routes
+    for path, method in routes:
+        answer = api.request(method, path, follow_redirects=False)
+        assert answer.status_code == 303 and answer.headers["location"] == "/console/sign-in"
+        assert_secured(answer)
+    assert sign_in(api, API_KEY)[0] == 303
+    token = csrf(api)
+    for path, method in routes:
+        if method != "POST":
+            continue
+        for sent in ({}, {"csrf_token": "forged"}, {"csrf_token": token[:-1]}):
+            answer = api.post(path, data={"since": "2026-01-01T00:00", **sent})
+            assert answer.status_code == 403, (path, sent)
+            assert_secured(answer)
