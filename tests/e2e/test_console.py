@@ -231,6 +231,61 @@ def test_a_range_of_dead_callbacks_is_replayed_after_a_confirmation(
     playwright_api.expect(page.locator("#empty")).to_be_visible()
 
 
+@pytest.fixture
+def endpoint(stack: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """An endpoint taking the module's job.succeeded events, deleted after the test (the other
+    tests' jobs are then not offered to it)."""
+    made = httpx.post(
+        f"{stack['base']}/v1/endpoints",
+        json={
+            "url": f"{stack['receiver'].url}/ok",
+            "event_types": ["job.succeeded"],
+            "sources": ["jobs"],
+            "description": XSS,
+        },
+        headers=AUTH,
+        timeout=10,
+    )
+    assert made.status_code == 201, made.text
+    yield made.json()
+    httpx.delete(f"{stack['base']}/v1/endpoints/{made.json()['id']}", headers=AUTH, timeout=10)
+
+
+def test_an_endpoint_is_seen_and_steered_from_its_page(
+    page: Any, stack: dict[str, Any], endpoint: dict[str, Any]
+) -> None:
+    made = endpoint
+    wait_status(stack, submit(stack, {"message": "to the endpoint"}), "succeeded")
+
+    def delivered() -> bool:
+        listed = httpx.get(
+            f"{stack['base']}/v1/endpoints/{made['id']}/deliveries", headers=AUTH, timeout=10
+        ).json()["items"]
+        return bool(listed) and listed[0]["status"] == "delivered"
+
+    wait_for(delivered, timeout=30)  # the job's outcome reached it
+    sign_in(page, ADMIN_KEY)
+    page.click("nav >> text=Endpoints")
+    row = page.locator(f'#endpoints tr[data-id="{made["id"]}"]')
+    playwright_api.expect(row.locator(".circuit")).to_have_text("closed")
+    row.locator("a").first.click()
+    playwright_api.expect(page.locator("#deliveries tbody tr .status")).to_have_text("delivered")
+
+    page.click("#disable")
+    playwright_api.expect(page.locator("#status")).to_have_text("disabled")
+    playwright_api.expect(page.locator("#disabled-reason")).to_have_text("disabled by the operator")
+    page.click("#enable")
+    playwright_api.expect(page.locator("#status")).to_have_text("enabled")
+
+    page.click("#rotate")
+    secret = page.inner_text("#secret")
+    assert secret.startswith("whsec_") and secret != made["secret"]
+    playwright_api.expect(page.locator("#secret-warning")).to_contain_text("never again")
+    page.click("text=Back to the endpoint")
+    assert secret not in page.content()
+    assert page.evaluate("typeof window.__pwned") == "undefined"
+
+
 def test_a_job_page_shows_the_job_and_its_deliveries(page: Any, stack: dict[str, Any]) -> None:
     receiver = stack["receiver"]
     url = f"{receiver.url}/flaky?fail=1"
