@@ -8,6 +8,7 @@ letter replayed twice at once is replayed once.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, cast
 
 from redis.asyncio import Redis
@@ -85,6 +86,10 @@ def _entry(member: str, record: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+# the replay script's keys and args for one dead letter
+ReplayCall = tuple[list[str], list[Any]]
+
+
 class DeadLetters:
     """The API's side of the dead-letter store."""
 
@@ -144,40 +149,52 @@ class DeadLetters:
         raw = await self.redis.hgetall(key)
         if not raw or record_kind not in ("job", "delivery"):
             return False
-        record = decode(raw)
+        call = self.replay_call(member, decode(raw).get("kind"))
+        if call is None:
+            return False
+        done = await self._replay(keys=call[0], args=call[1])
+        return bool(done)
+
+    def replay_call(self, member: str, job_kind: str | None) -> ReplayCall | None:
+        """The replay script's keys and args for ``member`` (a job of ``job_kind``), or None.
+
+        One place for them, so replaying one and replaying a range in batches
+        (tasks/dead_letter_walk.py) run the same script the same way.
+        """
+        record_kind, key = _record_key(self.keys, member)
         ident = member.partition(":")[2]
         if record_kind == "job":
-            spec = KINDS.get(str(record.get("kind")))
+            spec = KINDS.get(str(job_kind))
             if spec is None:
-                return False
+                return None
             # the queue, message and budget a new job of its kind gets
             queue, message, budget = dispatch(spec, ident)
             counted = spec.name
-        else:
+        elif record_kind == "delivery":
             queue = CALLBACKS
             message = task_message(DELIVER_TASK, ident, queue, [ident])
             budget = policy_for("callbacks", CALLBACK_POLICY).max_attempts
             counted = "callback"
-        done = await self._replay(
-            keys=[
-                self.keys.dead_letters,
-                key,
-                queue,
-                self.keys.dead_letter_counts,
-                self.keys.job_changes(ident),
-                self.keys.jobs_by_time,
-                self.keys.job_attempts(ident),
-            ],
-            args=[
-                member,
-                message,
-                self.ttl,
-                now_iso(),
-                record_kind,
-                budget,
-                counted,
-                self.keys.jobs_by_prefix,
-                ident,
-            ],
-        )
-        return bool(done)
+        else:
+            return None
+        keys = [
+            self.keys.dead_letters,
+            key,
+            queue,
+            self.keys.dead_letter_counts,
+            self.keys.job_changes(ident),
+            self.keys.jobs_by_time,
+            self.keys.job_attempts(ident),
+        ]
+        index = [self.keys.jobs_by_prefix, ident]
+        return keys, [member, message, self.ttl, now_iso(), record_kind, budget, counted, *index]
+
+    async def replay_many(self, calls: Sequence[ReplayCall]) -> Sequence[bool]:
+        """Run the replay script for each of ``calls`` (``replay_call``) in one round trip."""
+        if not calls:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for keys, args in calls:
+                await self._replay(keys=keys, args=args, client=pipe)
+            done = await pipe.execute()
+        return [bool(one) for one in done]
