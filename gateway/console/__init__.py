@@ -12,6 +12,7 @@ Why this shape:
   progress stream of issue 14 will use too. htmx was considered and left out: the live parts are
   one table, and plain forms do every action. The overview's chart is SVG drawn on the server
   (chart.py) and redrawn from the same stream by static/overview_chart.js: no chart library.
+  The jobs page's rows follow their jobs from a stream of their own (jobs.py, static/jobs.js).
 - A Content-Security-Policy without 'unsafe-inline' on every response (web.py): even if escaping
   failed somewhere, an injected <script> or onerror= would not run.
 - Sign-in with an admin key (session.py): the key is checked once, then a random session id in an
