@@ -92,11 +92,13 @@ class EventIndex:
         last: tuple[int, str] | None = after  # the last record looked at: the next cursor
         top: int | str = after[0] if after else "+inf"
         skip = 0  # ids at score ``top`` already read (keyset, not offset: arrivals shift nothing)
+        # unfiltered, every id read is shown: read no more than the page (and one to know if more)
+        size = BATCH if status or type_pattern else min(BATCH, limit + 1)
         while len(found) < limit and scanned < max_scan:
             batch = cast(
                 list[tuple[bytes, float]],
                 await self.redis.zrevrangebyscore(
-                    key, top, "-inf", start=skip, num=BATCH, withscores=True
+                    key, top, "-inf", start=skip, num=size, withscores=True
                 ),
             )
             read = [(int(score), raw.decode()) for raw, score in batch]
@@ -115,7 +117,7 @@ class EventIndex:
                 ):
                     found.append(record)
             else:
-                if len(read) < BATCH:  # every id left was looked at: nothing older
+                if len(read) < size:  # every id left was looked at: nothing older
                     last = None
                     break
                 lowest = read[-1][0]

@@ -31,9 +31,14 @@ SECRET_HEADERS = frozenset(
 SECRET_WORDS = ("signature", "secret", "token", "auth", "cookie", "api-key", "apikey", "password")
 
 
-def secret_name(name: str, extra: Iterable[str] = ()) -> bool:
+@lru_cache(maxsize=1024)  # the same few names on every request; bounded against odd senders
+def secret_name(name: str, signature_header: str = "") -> bool:
     """Whether header ``name`` (lower case) carries a credential by its name alone."""
-    return name in SECRET_HEADERS or name in extra or any(w in name for w in SECRET_WORDS)
+    return (
+        name in SECRET_HEADERS
+        or name == signature_header
+        or any(word in name for word in SECRET_WORDS)
+    )
 
 
 @lru_cache(maxsize=256)
@@ -42,16 +47,16 @@ def _scrubber(secrets: tuple[str, ...]) -> Scrubber:
 
 
 def kept_headers(
-    headers: Iterable[tuple[str, str]], secrets: Sequence[str], signature_header: str | None
+    headers: Iterable[tuple[str, str]], secrets: tuple[str, ...], signature_header: str | None
 ) -> dict[str, str]:
     """``headers`` (name, value pairs) with credentials masked; a repeated header is joined
     with ', ' as HTTP allows."""
-    scrub = _scrubber(tuple(secrets))
-    extra = (signature_header.lower(),) if signature_header else ()
+    scrub = _scrubber(secrets)
+    own = signature_header.lower() if signature_header else ""
     kept: dict[str, str] = {}
     for raw_name, value in headers:
         name = raw_name.lower()
-        shown = MASK if secret_name(name, extra) else scrub(value)
+        shown = MASK if secret_name(name, own) else scrub(value)
         kept[name] = f"{kept[name]}, {shown}" if name in kept else shown
     return kept
 
