@@ -166,3 +166,24 @@ def test_an_event_recorded_without_headers_says_so(
     quiet_redis.hdel(Keys(prefix).event(event_id), "headers")
     page = console.get(f"/console/events/{event_id}")
     assert 'id="no-headers"' in page.text
+
+
+def test_a_page_that_hit_the_scan_bound_says_so_and_continues(
+    console: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rare = send_gh(console, "issues", b'{"rare": true}')
+    for i in range(5):
+        send_gh(console, "push", b'{"n": %d}' % i)
+    monkeypatch.setattr(console_events, "MAX_SCAN", 2)
+    url: str | None = "/console/events?type=issues"
+    found: list[str] = []
+    bounded = 0
+    while url:
+        answer = console.get(url)
+        found += re.findall(r'<tr data-id="([^"]+)">', answer.text)
+        more = re.search(r'id="continue" href="([^"]+)"', answer.text)
+        bounded += bool(more)
+        url = html.unescape(more.group(1)) if more else None
+        if more:
+            assert "Looked at 2 events" in answer.text
+    assert found == [rare] and bounded >= 2
