@@ -5,13 +5,15 @@ moves along the status machine drawn in core/statuses.py. It is one Redis hash (
 holding the raw body exactly as received, at most MAX_WEBHOOK_BODY_BYTES, kept for
 JOB_TTL_SECONDS like the deliveries it makes. The sender's delivery id is claimed in the same Lua
 script that writes the record and LPUSHes the ``webhooks.process`` message: one round trip, so
-concurrent duplicates cannot both get in.
+concurrent duplicates cannot both get in. The same script indexes the event by received time, in
+every event's and its source's sorted sets, trimmed there past the TTL (tasks/event_index.py).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -20,25 +22,32 @@ from redis.asyncio import Redis
 
 from core.statuses import EventStatus
 from tasks.deliveries import list_for
+from tasks.event_index import trim_below
 from tasks.keys import Keys
 from tasks.pipelined import PipelinedRedis
-from tasks.protocol import job_message
+from tasks.protocol import dumps, job_message
 from tasks.queues import WEBHOOKS
 from tasks.store import now_iso
 
 PROCESS_TASK = "webhooks.process"
-JSON_FIELDS = ("routes", "jobs", "error")
+JSON_FIELDS = ("routes", "jobs", "error", "headers")
 _MAX_ID = 128  # longer sender ids are hashed: they become part of a Redis key
 
 _RECORD = """
--- KEYS: dedup key, event hash, queue list
--- ARGV: dedup ttl, event id, event ttl, message ('' = nothing to process), then field/value pairs
+-- KEYS: dedup key, event hash, queue list, every event's index, the source's index
+-- ARGV: dedup ttl, event id, event ttl, message ('' = nothing to process),
+--       received (epoch us), trim below (epoch us), then field/value pairs
 local seen = redis.call('GET', KEYS[1])
 if seen then return seen end
 redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[1])
-redis.call('HSET', KEYS[2], unpack(ARGV, 5))
+redis.call('HSET', KEYS[2], unpack(ARGV, 7))
 redis.call('EXPIRE', KEYS[2], ARGV[3])
 if ARGV[4] ~= '' then redis.call('LPUSH', KEYS[3], ARGV[4]) end
+redis.call('ZADD', KEYS[4], ARGV[5], ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', '(' .. ARGV[6])
+redis.call('ZADD', KEYS[5], ARGV[5], ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', '(' .. ARGV[6])
+redis.call('EXPIRE', KEYS[5], ARGV[3])
 return false
 """
 
@@ -69,6 +78,7 @@ class NewEvent:
     reason: str | None = None
     traceparent: str = ""  # the ingest span (core/tracing.py): processing is its child
     tracestate: str = ""
+    headers: Mapping[str, str] | None = None  # as the console shows them: secrets already masked
 
 
 def process_message(event_id: str) -> str:
@@ -101,15 +111,19 @@ class EventStore:
             "attempts", 0,
             "traceparent", event.traceparent,
             "tracestate", event.tracestate,
+            "headers", dumps(event.headers) if event.headers is not None else "",
         ]  # fmt: skip
         message = process_message(event.id) if event.status == EventStatus.RECEIVED else ""
         dedup_key = self.keys.webhook_seen(event.source, dedup_id(event.delivery_id, event.body))
+        received = time.time_ns() // 1000
+        indexes = [self.keys.events_by_time, self.keys.events_from(event.source)]
         seen = await self.fast.eval_script(
             _RECORD,
             _RECORD_SHA,
-            [dedup_key, self.keys.event(event.id), WEBHOOKS],
-            [self.dedup_ttl, event.id, self.ttl, message, *fields],
-        )
+            [dedup_key, self.keys.event(event.id), WEBHOOKS, *indexes],
+            [self.dedup_ttl, event.id, self.ttl, message, received, trim_below(received, self.ttl),
+             *fields],
+        )  # fmt: skip
         if seen is None:
             return None
         return seen.decode() if isinstance(seen, bytes) else str(seen)

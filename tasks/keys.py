@@ -44,6 +44,17 @@ class Keys:
         """Hash: one inbound webhook event, raw body included. TTL: job_ttl_seconds, renewed."""
         return f"{self.prefix}event:{event_id}"
 
+    @property
+    def events_by_time(self) -> str:
+        """Sorted set: every event id by received time (epoch µs), written by the ingest script.
+        No TTL: entries past job_ttl_seconds are trimmed there (tasks/event_index.py)."""
+        return f"{self.prefix}events:all"
+
+    def events_from(self, source: str) -> str:
+        """Sorted set: one source's event ids by received time (epoch µs), as events_by_time.
+        TTL: job_ttl_seconds, renewed by each event, so a source no longer sending goes too."""
+        return f"{self.prefix}events:src:{source}"
+
     def webhook_seen(self, source: str, delivery_id: str) -> str:
         """String: our event id for a sender's delivery id (dedup). TTL: webhook_dedup_seconds."""
         return f"{self.prefix}whseen:{source}:{delivery_id}"

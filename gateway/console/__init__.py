@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from gateway.console import dead_letters, endpoints, jobs, pages
+from gateway.console import dead_letters, endpoints, events, jobs, pages
 
 
 def install(app: FastAPI) -> None:
@@ -34,5 +34,6 @@ def install(app: FastAPI) -> None:
     app.router.routes.extend(endpoints.router.routes)
     # before pages: /console/jobs and /console/jobs/stream, not pages' /console/jobs/{job_id}
     app.router.routes.extend(jobs.router.routes)
+    app.router.routes.extend(events.router.routes)
     # pages last: it ends with the catch-all that answers unknown /console paths
     app.router.routes.extend(pages.router.routes)

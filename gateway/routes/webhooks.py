@@ -22,6 +22,7 @@ from gateway.errors import ApiError, responses
 from gateway.metrics import count_webhook
 from gateway.routes.jobs import DeliveryView
 from gateway.webhooks.inbound import InboundWebhook, VerifiedWebhook
+from gateway.webhooks.kept_headers import kept_headers
 from handlers.webhooks import EventUnreadable, event_document, event_type_at, matches
 from tasks.events import EventStore, NewEvent
 from tasks.protocol import new_id
@@ -139,6 +140,7 @@ async def _record(inbound: InboundWebhook, request: Request) -> tuple[Response, 
         reason=None if accepted else "event type not accepted by this source",
         traceparent=trace.traceparent,
         tracestate=trace.state,
+        headers=kept_headers(request.headers.items(), inbound.source.secrets, config.header),
     )
     original = await _events(request).record(event)
     if original is not None:
