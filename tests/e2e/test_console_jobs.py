@@ -133,7 +133,8 @@ def test_a_submitted_job_appears_and_succeeds_without_a_reload(
 
     page.goto("/console/jobs")
     page.click(f'#jobs tr[data-job-id="{job_id}"] .job-id a')
-    assert page.url.endswith(f"/console/jobs/{job_id}")
+    # the URL changes when navigation commits, before the new page is parsed: wait for its load
+    page.wait_for_url(f"**/console/jobs/{job_id}", wait_until="load")
     assert timeline(page) == [("succeeded", "")]
     started = page.locator("#attempt-timeline .attempt-started").inner_text()
     ended = page.locator("#attempt-timeline .attempt-ended").inner_text()
