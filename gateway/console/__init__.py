@@ -23,11 +23,12 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from gateway.console import dead_letters, pages
+from gateway.console import dead_letters, job_live, pages
 
 
 def install(app: FastAPI) -> None:
     """Serve the console under /console on ``app`` (admins: ``app.state.admin_key_hashes``)."""
     app.router.routes.extend(dead_letters.router.routes)
+    app.router.routes.extend(job_live.router.routes)
     # pages last: it ends with the catch-all that answers unknown /console paths
     app.router.routes.extend(pages.router.routes)

@@ -40,6 +40,7 @@ STATIC: dict[str, tuple[bytes, str]] = {
     for name, media_type in (
         ("console.js", "text/javascript; charset=utf-8"),
         ("console.css", "text/css; charset=utf-8"),
+        ("job.js", "text/javascript; charset=utf-8"),
     )
 }
 # cache-busting query: a new release's files are fetched again, an unchanged one comes from cache
