@@ -19,6 +19,24 @@ _EXAMPLE = (
     'event: end\ndata: {"status":"succeeded"}\n\n'
 )
 
+_EVENT = {
+    "type": "object",
+    "required": ["event", "data"],
+    "properties": {
+        "event": {"type": "string", "enum": ["job", "end", "unavailable", "gone"]},
+        "id": {"type": "string", "description": "on `job` events: 1, 2, ... within this stream"},
+        "data": {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "description": (
+                "job: the job's view (as GET /v1/jobs/{job_id}); end: {status}; "
+                "unavailable, gone: {code, detail}"
+            ),
+        },
+        "retry": {"description": "milliseconds to wait before reconnecting (first event)"},
+    },
+}
+
 
 @router.get(
     "/{job_id}/stream",
@@ -31,7 +49,8 @@ _EXAMPLE = (
                 "closes. `unavailable` (Redis lost) or `gone` (record expired) end it early: "
                 "reconnect. `: keep-alive` comments every STREAM_HEARTBEAT_SECONDS."
             ),
-            "content": {MEDIA_TYPE: {"schema": {"type": "string"}, "example": _EXAMPLE}},
+            # OpenAPI 3.1 has no itemSchema: an event stream's `schema` describes one event
+            "content": {MEDIA_TYPE: {"schema": _EVENT, "example": _EXAMPLE}},
         },
         **responses(401, 404, 503),
     },
