@@ -10,6 +10,8 @@ BENCH_VARIANT is a comma-separated list of:
   no_redis    JobStore.create answers at once without touching Redis (an upper bound: what the
               request path costs without the Lua round trip; never a design option)
   no_uuid     uuid4 (two os.urandom syscalls per request) replaced by a counter (a bound as well)
+  no_job_index  the create script without its two index ZADDs (tasks/job_index.py): what the job
+              listing's indexes cost the ingest path
 Nothing here is used by the gateway itself.
 """
 
@@ -56,6 +58,16 @@ def create_app() -> FastAPI:
 
         counter = itertools.count()
         uuid.uuid4 = lambda: uuid.UUID(int=next(counter))  # type: ignore[assignment]
+
+    if "no_job_index" in variants:
+        import tasks.store as store
+
+        lines = store._CREATE.splitlines(keepends=True)
+        store._CREATE = "".join(
+            line
+            for line in lines
+            if "'ZADD', KEYS[7]" not in line and "'ZADD', KEYS[8]" not in line
+        )
 
     from gateway.main import create_app as real
 

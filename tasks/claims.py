@@ -30,6 +30,7 @@ from core.statuses import (
     EventStatus,
     JobStatus,
 )
+from tasks.job_index import lua_move
 from tasks.pipelined import PipelinedRedis
 
 _WORD = re.compile(r"[a-z_]+")
@@ -68,13 +69,17 @@ def claim_script(
     ttl: bool,
     clear: tuple[str, ...] = (),
     publish: bool = False,
+    index: bool = False,
 ) -> Script:
     """The claim for records whose final statuses are ``final``, in progress as ``running``.
 
     KEYS[1] is the record's hash; ARGV holds the start time (if ``started_at``), then the time to
     live (if ``ttl``). ``clear``: fields the last attempt left that a new one empties. With
     ``publish``, KEYS[2] is the record's change channel and hears ``running`` (tasks/changes.py).
+    With ``index``, KEYS[3] is the all-jobs index and ARGV ends with ``Keys.jobs_by_prefix`` and
+    the job's id: the job moves to ``running``'s index set (tasks/job_index.py).
     """
+
     argv = 0
     fields = ["'status'", lua_string(running)]
     if started_at:
@@ -85,22 +90,34 @@ def claim_script(
     lines = [
         "local status = redis.call('HGET', KEYS[1], 'status')",
         f"if not status or {lua_is_any('status', final)} then return false end",
+    ]
+    ttl_arg = argv + 1
+    if index:
+        first = ttl_arg + 1 if ttl else ttl_arg
+        prefix, job_id = f"ARGV[{first}]", f"ARGV[{first + 1}]"
+        lines += lua_move("KEYS[1]", "KEYS[3]", prefix, job_id, lua_string(running)).splitlines()
+    lines += [
         "redis.call('HINCRBY', KEYS[1], 'attempts', 1)",
         f"redis.call('HSET', KEYS[1], {', '.join(fields)})",
     ]
     if ttl:
-        argv += 1
-        lines.append(f"redis.call('EXPIRE', KEYS[1], ARGV[{argv}])")
+        lines.append(f"redis.call('EXPIRE', KEYS[1], ARGV[{ttl_arg}])")
     if publish:
         lines.append(f"redis.call('PUBLISH', KEYS[2], {lua_string(running)})")
     lines.append("return redis.call('HGETALL', KEYS[1])")
     return Script("\n".join(lines) + "\n")
 
 
-# KEYS: the job, its change channel. ARGV: start time, ttl. The last attempt's error goes: a
-# running job shows none.
+# KEYS: the job, its change channel, the all-jobs index. ARGV: start time, ttl, the index sets'
+# prefix, the job's id. The last attempt's error goes: a running job shows none.
 JOB_CLAIM = claim_script(
-    JOB_FINAL, JobStatus.RUNNING, started_at=True, ttl=True, clear=("error",), publish=True
+    JOB_FINAL,
+    JobStatus.RUNNING,
+    started_at=True,
+    ttl=True,
+    clear=("error",),
+    publish=True,
+    index=True,
 )
 # No ARGV: a delivery's attempts carry their own times, and its ttl is renewed when one ends.
 DELIVERY_CLAIM = claim_script(
@@ -111,19 +128,30 @@ EVENT_CLAIM = claim_script(EVENT_FINAL, EventStatus.PROCESSING, started_at=True,
 
 
 async def claim(
-    conn: PipelinedRedis, script: Script, key: str, *args: Any, channel: str | None = None
+    conn: PipelinedRedis,
+    script: Script,
+    key: str,
+    *args: Any,
+    channel: str | None = None,
+    index: str | None = None,
 ) -> dict[Any, Any] | None:
     """Run claim ``script`` on record ``key``: its raw fields, or None when it is gone or final.
-    ``channel``: the record's change channel, for a script made with ``publish``."""
-    script_keys = [key] if channel is None else [key, channel]
+    ``channel``: the record's change channel, for a script made with ``publish``; ``index``: the
+    all-jobs index, for one made with ``index``."""
+    script_keys = [key, *([channel] if channel else []), *([index] if index else [])]
     return _fields(await conn.eval_script(script.text, script.sha, script_keys, list(args)))
 
 
 def claim_sync(
-    client: redis.Redis, script: Script, key: str, *args: Any, channel: str | None = None
+    client: redis.Redis,
+    script: Script,
+    key: str,
+    *args: Any,
+    channel: str | None = None,
+    index: str | None = None,
 ) -> dict[Any, Any] | None:
     """``claim`` for a blocking redis-py client."""
-    script_keys = [key] if channel is None else [key, channel]
+    script_keys = [key, *([channel] if channel else []), *([index] if index else [])]
     return _fields(client.eval(script.text, len(script_keys), *script_keys, *args))
 
 

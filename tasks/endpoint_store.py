@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, cast
 
 from redis.asyncio import Redis
@@ -257,3 +258,30 @@ class EndpointStore:
                 if len(replayed) >= limit:
                     break
         return replayed
+
+    async def limit_states(self, endpoint_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """Each endpoint's delivery-limit state as it is now (tasks/endpoint_limits.py), read only.
+
+        in_flight: attempts holding an unexpired lease; held: deliveries kept while disabled;
+        parked: deliveries waiting out a pause; probe_in: seconds until a paused endpoint's next
+        probe may go (None: no probe pending, the next delivery is the probe). One round trip.
+        """
+        now = time.time()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for endpoint_id in endpoint_ids:
+                part = partial(self.keys.endpoint_limit, endpoint_id)
+                pipe.zcount(part("inflight"), now, "+inf")
+                pipe.zcard(part("held"))
+                pipe.zcard(part("parked_order"))
+                pipe.pttl(part("probe"))
+            replies = await pipe.execute()
+        states = {}
+        for at, endpoint_id in enumerate(endpoint_ids):
+            in_flight, held, parked, probe_ms = replies[4 * at : 4 * at + 4]
+            states[endpoint_id] = {
+                "in_flight": int(in_flight),
+                "held": int(held),
+                "parked": int(parked),
+                "probe_in": probe_ms / 1000 if probe_ms > 0 else None,
+            }
+        return states

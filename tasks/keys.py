@@ -111,3 +111,25 @@ class Keys:
         """Hash: job counts in one minute (epoch // 60) by what happened (tasks/changes.py).
         TTL: changes.ACTIVITY_TTL_SECONDS (the console's chart shows the last hour)."""
         return f"{self.prefix}activity:{minute}"
+
+    @property
+    def jobs_by_time(self) -> str:
+        """Sorted set: every job id by creation time (epoch ms), written with the record.
+        No TTL: entries older than job_ttl_seconds are trimmed (tasks/job_index.py)."""
+        return f"{self.prefix}jobs:all"
+
+    def jobs_by(self, kind: str, status: str) -> str:
+        """Sorted set: the ids of jobs of ``kind`` now in ``status``, by creation time (epoch ms);
+        a job moves between these in the script or transaction that changes its status. No TTL:
+        trimmed as jobs_by_time."""
+        return f"{self.jobs_by_prefix}{kind}:{status}"
+
+    @property
+    def jobs_by_prefix(self) -> str:
+        """What ``jobs_by`` puts before '<kind>:<status>' (Lua scripts build the name from it)."""
+        return f"{self.prefix}jobs:by:"
+
+    def job_attempts(self, job_id: str) -> str:
+        """List: a job's ended attempts, JSON each (tasks/job_attempts.py). TTL: as its record,
+        persisted while a dead letter. Not under 'job:': a scan for job records finds only them."""
+        return f"{self.prefix}jobtries:{job_id}"

@@ -36,6 +36,7 @@ from typing import Any
 import orjson
 import redis
 
+from tasks.changes import ACTIVITY, minute
 from tasks.consumers import ConsumerKeys
 from tasks.keys import Keys
 from tasks.queues import QUEUES
@@ -177,4 +178,24 @@ def _in_flight(
         for source in sources:
             queue = _text(source).split(QUEUE_SEP, 1)[0]
             counts[queue] = counts.get(queue, 0) + 1
+    return counts
+
+
+def last_hour(client: redis.Redis, keys: Keys, now: float | None = None) -> dict[str, list[int]]:
+    """Per-minute activity counts (tasks/changes.py) for the 60 minutes ending with this one.
+
+    One pipelined round trip of 60 HGETALLs of small hashes; a minute nothing happened in has no
+    hash and counts 0. Keys ``minutes`` (epoch minute of each slot, oldest first) and each of
+    ACTIVITY.
+    """
+    current = minute(now)
+    minutes = list(range(current - 59, current + 1))
+    pipe = client.pipeline(transaction=False)
+    for slot in minutes:
+        pipe.hgetall(keys.activity(slot))
+    counts: dict[str, list[int]] = {"minutes": minutes, **{what: [] for what in ACTIVITY}}
+    for raw in pipe.execute():
+        fields = {_text(k): int(v) for k, v in raw.items()}
+        for what in ACTIVITY:
+            counts[what].append(fields.get(what, 0))
     return counts

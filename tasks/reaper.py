@@ -14,7 +14,11 @@ from typing import Any
 
 import redis
 
+from core.kinds import KINDS
+from core.settings import get_settings
+from tasks import job_index
 from tasks.consumers import ConsumerKeys, consumer_id
+from tasks.keys import Keys
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +122,18 @@ class Reaper:
         keys = [self.keys.registry, self.keys.missing]
         dead = self._dead(keys=keys, args=[0, self.grace, self.keys.alive_prefix])
         restored = sum(self.restore_consumer(c.decode()) for c in dead)
-        return restored + self.restore_overdue()
+        restored += self.restore_overdue()
+        self.trim_job_index()
+        return restored
+
+    def trim_job_index(self) -> None:
+        """Drop job index entries older than the job TTL (tasks/job_index.py): one pipelined
+        ZREMRANGEBYSCORE per set, cheap, and done by one worker per interval like the rest."""
+        settings = get_settings()
+        keys = Keys(settings.redis_key_prefix)
+        trimmed = job_index.trim(self.client, keys, KINDS, settings.job_ttl_seconds)
+        if trimmed:
+            log.info("job index: %d entries older than the job TTL trimmed", trimmed)
 
     def restore_overdue(self) -> int:
         """Put back messages held past their queue's time limit plus grace, by any consumer."""

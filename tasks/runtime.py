@@ -32,7 +32,7 @@ from core.statuses import JOB_DEAD_LETTER, JobStatus
 from core.tracing import current_fields, from_record, traced
 from core.validation import error_record, summary
 from handlers.errors import PermanentError, TransientError
-from tasks import changes, loop, metrics
+from tasks import changes, job_attempts, job_index, loop, metrics
 from tasks.claims import JOB_CLAIM, claim
 from tasks.context import JobContext
 from tasks.deliveries import CALLBACK_POLICY, add_delivery, job_event
@@ -157,7 +157,12 @@ def run_job(job_id: str) -> str | None:
     """Run job ``job_id`` once; returns the status it ended in (None if it was not runnable)."""
     ttl = get_settings().job_ttl_seconds
     key, channel = keys().job(job_id), keys().job_changes(job_id)
-    fields = loop.run(claim(fast_redis(), JOB_CLAIM, key, now_iso(), ttl, channel=channel))
+    # the claim moves the job to running's index set too (tasks/job_index.py)
+    args = (now_iso(), ttl, keys().jobs_by_prefix, job_id)
+    claiming = claim(
+        fast_redis(), JOB_CLAIM, key, *args, channel=channel, index=keys().jobs_by_time
+    )
+    fields = loop.run(claiming)
     if fields is None:
         log.info("job %s is unknown or already final; message dropped", job_id)
         return None
@@ -221,7 +226,10 @@ def _retry(job: dict[str, Any], kind: Kind, delay: float, error: dict[str, str])
     message = job_message(kind.task, job["id"], queue, retries=job["attempts"])
     writes = Commands()
     fields = {"status": JobStatus.RETRYING, "error": error}
+    job_index.move(writes, keys(), job["id"], JobStatus.RETRYING)  # before the status changes
     writes.hset(keys().job(job["id"]), mapping=encode(fields))
+    attempt = job_attempts.entry(job, JobStatus.RETRYING, now_iso(), error)
+    job_attempts.append(writes, keys(), job["id"], attempt, get_settings().job_ttl_seconds)
     writes.zadd(keys().schedule, {f"{queue}\n{message}": due})
     changes.changed(writes, keys(), job["id"], JobStatus.RETRYING)
     changes.count(writes, keys(), "retried")
@@ -249,7 +257,9 @@ def _finish(
         fields["progress"] = 100
     key = keys().job(job["id"])
     writes = Commands()
+    job_index.move(writes, keys(), job["id"], status)  # before the status changes
     writes.hset(key, mapping=encode(fields))
+    attempt = job_attempts.entry(job, status, fields["finished_at"], error)
     body = job_event(job, status, result, error)
     parent, owner = f"job:{job['id']}", job.get("owner") or ""
     max_attempts = policy_for("callbacks", CALLBACK_POLICY).max_attempts
@@ -272,8 +282,10 @@ def _finish(
         writes.persist(key)
         writes.zadd(keys().dead_letters, {f"job:{job['id']}": time.time()})
         writes.hincrby(keys().dead_letter_counts, str(job["kind"]))  # tasks/monitor.py
+        job_attempts.append(writes, keys(), job["id"], attempt, None)
     else:
         writes.expire(key, get_settings().job_ttl_seconds)
+        job_attempts.append(writes, keys(), job["id"], attempt, ttl)
     changes.changed(writes, keys(), job["id"], status)
     changes.count(writes, keys(), status)
     # and its outcome offered to every endpoint that subscribed to it, in the same transaction

@@ -26,10 +26,11 @@ from tasks.protocol import dumps
 JSON_FIELDS = ("payload", "result", "error")
 
 _CREATE = """
--- KEYS: job hash, queue list, schedule zset, idempotency key, this minute's counts, change channel
+-- KEYS: job hash, queue list, schedule zset, idempotency key, this minute's counts, change channel,
+--       the all-jobs index, the job's (kind, status) index (tasks/job_index.py)
 -- ARGV: job ttl, message, due (0 = now), use idempotency (0/1), idempotency value, idem ttl,
 --       the job's fields as one JSON object of strings (one argument: cheap to send),
---       the counts' ttl, the job's status
+--       the counts' ttl, the job's status, its index score (created, epoch ms), its id
 if ARGV[4] == '1' then
   local existing = redis.call('GET', KEYS[4])
   if existing then return existing end
@@ -50,14 +51,17 @@ end
 redis.call('HINCRBY', KEYS[5], 'accepted', 1)
 redis.call('EXPIRE', KEYS[5], ARGV[8])
 redis.call('PUBLISH', KEYS[6], ARGV[9])
+redis.call('ZADD', KEYS[7], ARGV[10], ARGV[11])
+redis.call('ZADD', KEYS[8], ARGV[10], ARGV[11])
 return false
 """
 
 
-def now_iso() -> str:
-    """The current UTC time as ISO 8601, the form every timestamp is stored in."""
-    now = time.time()
-    return f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(now))}.{int(now % 1 * 1000):03d}Z"
+def now_iso(now: float | None = None) -> str:
+    """The UTC time ``now`` (default: the current time) as ISO 8601, the form every timestamp is
+    stored in (millisecond precision)."""
+    ms = round((time.time() if now is None else now) * 1000)
+    return f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(ms // 1000))}.{ms % 1000:03d}Z"
 
 
 def encode(fields: dict[str, Any]) -> dict[Any, str]:
@@ -140,6 +144,7 @@ def create_call(
     if job.due:  # a scheduled job's record outlives its schedule entry by the usual ttl
         ttl += max(0, math.ceil(job.due - time.time()))
     status = JobStatus.SCHEDULED if job.due else JobStatus.QUEUED
+    created = time.time()
     fields = encode(
         {
             "id": job.id,
@@ -148,7 +153,7 @@ def create_call(
             "status": status,
             "attempts": 0,
             "max_attempts": job.max_attempts,
-            "created_at": now_iso(),
+            "created_at": now_iso(created),
             "payload": job.payload,
             "callback_url": job.callback_url,
             "progress": 0,
@@ -167,9 +172,12 @@ def create_call(
         dumps(fields),
         changes.ACTIVITY_TTL_SECONDS,
         status,
+        round(created * 1000),  # = job_index.score_of(created_at): the same millisecond
+        job.id,
     ]
     counts, channel = keys.activity(changes.minute()), keys.job_changes(job.id)
-    return [keys.job(job.id), queue, keys.schedule, idem_key, counts, channel], args
+    indexes = [keys.jobs_by_time, keys.jobs_by(job.kind, status)]
+    return [keys.job(job.id), queue, keys.schedule, idem_key, counts, channel, *indexes], args
 
 
 def create_sync(

@@ -1,19 +1,28 @@
-"""Console dead letters: newest first, filter by kind, inspect one, replay one or a selection.
+"""Console dead letters: newest first, filter by kind and time, page back, inspect one, replay.
 
 Replaying one is one click (a POST with the CSRF token); a selection is confirmed on a page of
-its own that lists what will start again. Both end on a page saying what each replay did.
+its own that lists what will start again. Everything of a kind in a time range is confirmed on a
+page stating how many, then replayed server-side in batches (tasks/dead_letter_walk.py) in the
+one request, ending on a page saying how many were replayed and how many skipped.
+Times in the forms are UTC (an <input type="datetime-local"> carries no zone).
 """
 
 from __future__ import annotations
 
+import math
+import time
+from datetime import UTC, datetime
 from typing import Annotated
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Form, Request, Response
 
 from core.kinds import KINDS
 from gateway.console.session import CsrfDep, SessionDep
 from gateway.console.web import PREFIX, ConsoleError, ConsoleRoute, render
+from tasks import dead_letter_walk as walk
 from tasks.dead_letters import DeadLetters
+from tasks.paging import InvalidCursor
 
 router = APIRouter(
     prefix=f"{PREFIX}/dead-letters", route_class=ConsoleRoute, include_in_schema=False
@@ -29,16 +38,88 @@ def _store(request: Request) -> DeadLetters:
     return store
 
 
-@router.get("")
-async def dead_letters_page(request: Request, _: SessionDep, kind: str = "") -> Response:
-    """The newest dead letters, optionally of one kind."""
+def moment(text: str, name: str) -> float | None:
+    """Epoch seconds of a form's time (ISO 8601; no zone given means UTC), None when empty."""
+    if not text.strip():
+        return None
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ConsoleError(400, f"{name} is not a time (2026-01-31T12:00).") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+def _filters(kind: str, since: str, until: str) -> tuple[str | None, float, float]:
     if kind and kind not in FILTER_KINDS:
         raise ConsoleError(400, f"No kind {kind}.")
-    entries = await _store(request).list(
-        kind=kind or None, since=0, until=float("inf"), limit=PAGE_SIZE, newest_first=True
-    )
-    context = {"entries": entries, "kind": kind, "kinds": FILTER_KINDS, "page_size": PAGE_SIZE}
+    low, high = moment(since, "since"), moment(until, "until")
+    return kind or None, low if low is not None else 0.0, high if high is not None else math.inf
+
+
+def _iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).isoformat()
+
+
+@router.get("")
+async def dead_letters_page(
+    request: Request,
+    _: SessionDep,
+    kind: str = "",
+    since: str = "",
+    until: str = "",
+    cursor: str = "",
+) -> Response:
+    """The newest dead letters, optionally of one kind and time range; "older" pages back."""
+    chosen, low, high = _filters(kind, since, until)
+    try:
+        found = await walk.page(
+            _store(request), kind=chosen, since=low, until=high, limit=PAGE_SIZE,
+            cursor=cursor or None,
+        )  # fmt: skip
+    except InvalidCursor:
+        raise ConsoleError(400, "That page link is not one the console made.") from None
+    filters = {"kind": kind, "since": since, "until": until}
+    older = f"?{urlencode({**filters, 'cursor': found.older})}" if found.older else None
+    context = {
+        "entries": found.entries, "kinds": FILTER_KINDS, "page_size": PAGE_SIZE, "older": older,
+        "scanned_out": found.scanned_out, "paged": bool(cursor), **filters,
+    }  # fmt: skip
     return render(request, "dead_letters.html", context)
+
+
+@router.get("/replay-range")
+async def confirm_range(
+    request: Request, _: SessionDep, kind: str = "", since: str = "", until: str = ""
+) -> Response:
+    """The confirmation of replaying everything of a kind in a range: how many, exactly which.
+
+    The range ends now at the latest (and the form carries that end): a replayed job dying
+    again while the replay runs is not replayed again.
+    """
+    chosen, low, high = _filters(kind, since, until)
+    high = min(high, time.time())
+    total = await walk.count(_store(request), kind=chosen, since=low, until=high)
+    context = {"kind": kind, "since": _iso(low), "until": _iso(high), "total": total}
+    return render(request, "confirm_range.html", context)
+
+
+@router.post("/replay-range")
+async def replay_range(
+    request: Request,
+    _: CsrfDep,
+    kind: Annotated[str, Form()] = "",
+    since: Annotated[str, Form()] = "",
+    until: Annotated[str, Form()] = "",
+) -> Response:
+    """Replay everything of the kind in the range, in batches, and say what happened."""
+    chosen, low, high = _filters(kind, since, until)
+    replayed, skipped = await walk.replay_range(
+        _store(request), kind=chosen, since=low, until=min(high, time.time())
+    )
+    summary = {"replayed": replayed, "skipped": skipped, "kind": kind or "any kind"}
+    return render(request, "replayed.html", {"outcomes": [], "summary": summary})
 
 
 @router.post("/confirm")
@@ -64,7 +145,7 @@ async def replay(
         raise ConsoleError(400, "Nothing to replay.")
     store = _store(request)
     outcomes = [(member, await store.replay(member)) for member in chosen]
-    return render(request, "replayed.html", {"outcomes": outcomes})
+    return render(request, "replayed.html", {"outcomes": outcomes, "summary": None})
 
 
 @router.get("/{member}")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
+import time
 from collections.abc import AsyncIterator
 from dataclasses import asdict
 from typing import Annotated, Any
@@ -15,6 +17,7 @@ from starlette.concurrency import run_in_threadpool
 
 from core.settings import Settings
 from gateway.console import session as sessions
+from gateway.console.chart import COLOURS, chart
 from gateway.console.session import SessionDep
 from gateway.console.web import (
     PREFIX,
@@ -26,13 +29,17 @@ from gateway.console.web import (
     seconds,
 )
 from tasks.deliveries import list_for
+from tasks.job_attempts import timeline
 from tasks.keys import Keys
-from tasks.monitor import snapshot
+from tasks.monitor import Snapshot, last_hour, snapshot
 from tasks.store import JobStore
 
 router = APIRouter(prefix=PREFIX, route_class=ConsoleRoute, include_in_schema=False)
 
 STREAM_INTERVAL_SECONDS = 2.0
+# in flight reads each live consumer's held messages (O(messages held), tasks/monitor.py): done
+# at most this often for the whole API process, whatever the number of viewers and ticks
+IN_FLIGHT_EVERY_SECONDS = 10.0
 # what the job page shows; a record holds only the fields its history has set
 JOB_FIELDS = (
     "id", "kind", "status", "max_attempts", "created_at", "started_at", "finished_at",
@@ -101,12 +108,31 @@ def _sync_redis(request: Request) -> redis.Redis:
     return client
 
 
+def _read(request: Request) -> tuple[Snapshot, dict[str, int], dict[str, list[int]]]:
+    """The snapshot, in flight by queue (read again only every IN_FLIGHT_EVERY_SECONDS), the
+    last hour's counts: run in a thread (synchronous client)."""
+    keys: Keys = request.app.state.keys
+    client = _sync_redis(request)
+    taken, held = getattr(request.app.state, "console_in_flight", (-math.inf, {}))
+    if time.monotonic() - taken >= IN_FLIGHT_EVERY_SECONDS:
+        state = snapshot(client, keys, in_flight=True)
+        held = {queue.name: queue.in_flight or 0 for queue in state.queues}
+        request.app.state.console_in_flight = (time.monotonic(), held)
+    else:
+        state = snapshot(client, keys)
+    return state, held, last_hour(client, keys)
+
+
 async def _overview(request: Request) -> dict[str, Any]:
     """The snapshot as the page and the stream show it (display text made here, once)."""
-    keys: Keys = request.app.state.keys
-    state = await run_in_threadpool(snapshot, _sync_redis(request), keys)
+    state, held, activity = await run_in_threadpool(_read, request)
     queues = [
-        {**asdict(queue), "oldest_age": seconds(queue.oldest_age_seconds)} for queue in state.queues
+        {
+            **asdict(queue),
+            "oldest_age": seconds(queue.oldest_age_seconds),
+            "in_flight": held.get(queue.name, 0),
+        }
+        for queue in state.queues
     ]
     return {
         "queues": queues,
@@ -114,6 +140,7 @@ async def _overview(request: Request) -> dict[str, Any]:
         "schedule_lag": seconds(state.schedule_lag_seconds),
         "dead_letters_total": state.dead_letters_total,
         "dead_letters": dict(sorted((k, v) for k, v in state.dead_letters.items() if v)),
+        "chart": chart(activity),
         "taken_at": state.taken_at,
     }
 
@@ -121,7 +148,8 @@ async def _overview(request: Request) -> dict[str, Any]:
 @router.get("")
 async def overview(request: Request, _: SessionDep) -> Response:
     """Queues, schedule and dead letters, kept current by the stream below."""
-    return render(request, "overview.html", {"overview": await _overview(request)})
+    context = {"overview": await _overview(request), "colours": COLOURS}
+    return render(request, "overview.html", context)
 
 
 @router.get("/stream/overview")
@@ -147,14 +175,6 @@ async def overview_stream(request: Request, _: SessionDep) -> Response:
     )
 
 
-@router.get("/jobs")
-async def find_job(request: Request, _: SessionDep, id: str = "") -> Response:
-    """The job-id box in the navigation: to the job's page."""
-    if not id.strip():
-        raise ConsoleError(400, "Give a job id.")
-    return RedirectResponse(f"{PREFIX}/jobs/{id.strip()}", 303)
-
-
 @router.get("/jobs/{job_id}")
 async def job_page(job_id: str, request: Request, _: SessionDep) -> Response:
     """One job: payload, status, attempts, error, result, progress, callback deliveries."""
@@ -167,7 +187,9 @@ async def job_page(job_id: str, request: Request, _: SessionDep) -> Response:
         "attempts": record.get("attempts", 0),
         "progress": record.get("progress", 0),
     }
-    return render(request, "job.html", {"job": job, "deliveries": deliveries})
+    attempts = await timeline(jobs.redis, request.app.state.keys, record)
+    context = {"job": job, "deliveries": deliveries, "timeline": attempts}
+    return render(request, "job.html", context)
 
 
 @router.get("/static/{name}")

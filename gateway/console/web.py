@@ -39,7 +39,9 @@ STATIC: dict[str, tuple[bytes, str]] = {
     name: ((_PACKAGE / "static" / name).read_bytes(), media_type)
     for name, media_type in (
         ("console.js", "text/javascript; charset=utf-8"),
+        ("overview_chart.js", "text/javascript; charset=utf-8"),
         ("console.css", "text/css; charset=utf-8"),
+        ("jobs.js", "text/javascript; charset=utf-8"),
         ("job.js", "text/javascript; charset=utf-8"),
     )
 }

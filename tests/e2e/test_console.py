@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -133,11 +135,23 @@ def test_an_admin_signs_in_and_the_overview_updates_live(page: Any, stack: dict[
     playwright_api.expect(page.locator("#live")).to_have_text("live")
     playwright_api.expect(default.locator('[data-field="workers_alive"]')).to_have_text("1")
 
+    playwright_api.expect(default.locator('[data-field="in_flight"]')).to_have_text(
+        re.compile(r"^\d+$")
+    )
+    chart = page.locator("#activity-chart")
+    playwright_api.expect(chart.locator("polyline")).to_have_count(4)
+    line = chart.locator('polyline[data-series="accepted"]')
+    points = line.get_attribute("points")
+
     before = int(page.inner_text("#scheduled"))
+    accepted = int(page.inner_text("#total-accepted"))
     page.evaluate("window.__same_page = 1")
     submit(stack, {"message": "later", "delay_seconds": 3600})
     submit(stack, {"message": "later too", "delay_seconds": 3600})
     playwright_api.expect(page.locator("#scheduled")).to_have_text(str(before + 2))
+    # the chart counts them as accepted this minute, redrawn from the same stream
+    playwright_api.expect(page.locator("#total-accepted")).to_have_text(str(accepted + 2))
+    playwright_api.expect(line).not_to_have_attribute("points", points or "")
     assert page.evaluate("window.__same_page") == 1  # updated in place, not reloaded
 
 
@@ -177,6 +191,99 @@ def test_a_dead_letter_is_replayed_by_clicking(page: Any, stack: dict[str, Any])
     for job_id in (first, second):
         cell = page.locator(f'#outcomes tr[data-id="job:{job_id}"] .outcome')
         playwright_api.expect(cell).to_have_text("queued")
+
+
+def test_a_range_of_dead_callbacks_is_replayed_after_a_confirmation(
+    page: Any, stack: dict[str, Any]
+) -> None:
+    # callbacks that fail all three attempts of their budget (9 requests for 3 deliveries on one
+    # path), then succeed: dead letters of kind "callback", which no other test here makes
+    since = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(time.time() - 1))
+    url = f"{stack['receiver'].url}/flaky?fail=9&case={uuid.uuid4().hex}"
+    jobs = [submit(stack, {"message": i, "callback_url": url}) for i in range(3)]
+
+    def delivery(job_id: str) -> dict[str, Any] | None:
+        found = httpx.get(f"{stack['base']}/v1/jobs/{job_id}/deliveries", headers=AUTH, timeout=10)
+        return found.json()[0] if found.json() else None
+
+    for job_id in jobs:
+        wait_for(lambda job_id=job_id: (delivery(job_id) or {}).get("status") == "dead", timeout=60)
+
+    sign_in(page, ADMIN_KEY)
+    page.click("text=Dead letters")
+    page.select_option("#kind", "callback")
+    page.fill("#since", since)
+    page.click("#filter")
+    playwright_api.expect(page.locator("#dead-letters tbody tr")).to_have_count(3)
+    page.click("#replay-range")
+    playwright_api.expect(page.locator("#range-count")).to_have_text("3")
+    playwright_api.expect(page.locator("#range-kind")).to_have_text("callback")
+    page.click("#confirm-range")
+    playwright_api.expect(page.locator("#replayed-count")).to_have_text("3")
+    playwright_api.expect(page.locator("#skipped-count")).to_have_text("0")
+    # a real worker sends them again, and now the receiver takes them
+    for job_id in jobs:
+        wait_for(
+            lambda job_id=job_id: (delivery(job_id) or {}).get("status") == "delivered",
+            timeout=60,
+        )
+    page.goto("/console/dead-letters?kind=callback")
+    playwright_api.expect(page.locator("#empty")).to_be_visible()
+
+
+@pytest.fixture
+def endpoint(stack: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """An endpoint taking the module's job.succeeded events, deleted after the test (the other
+    tests' jobs are then not offered to it)."""
+    made = httpx.post(
+        f"{stack['base']}/v1/endpoints",
+        json={
+            "url": f"{stack['receiver'].url}/ok",
+            "event_types": ["job.succeeded"],
+            "sources": ["jobs"],
+            "description": XSS,
+        },
+        headers=AUTH,
+        timeout=10,
+    )
+    assert made.status_code == 201, made.text
+    yield made.json()
+    httpx.delete(f"{stack['base']}/v1/endpoints/{made.json()['id']}", headers=AUTH, timeout=10)
+
+
+def test_an_endpoint_is_seen_and_steered_from_its_page(
+    page: Any, stack: dict[str, Any], endpoint: dict[str, Any]
+) -> None:
+    made = endpoint
+    wait_status(stack, submit(stack, {"message": "to the endpoint"}), "succeeded")
+
+    def delivered() -> bool:
+        listed = httpx.get(
+            f"{stack['base']}/v1/endpoints/{made['id']}/deliveries", headers=AUTH, timeout=10
+        ).json()["items"]
+        return bool(listed) and listed[0]["status"] == "delivered"
+
+    wait_for(delivered, timeout=30)  # the job's outcome reached it
+    sign_in(page, ADMIN_KEY)
+    page.click("nav >> text=Endpoints")
+    row = page.locator(f'#endpoints tr[data-id="{made["id"]}"]')
+    playwright_api.expect(row.locator(".circuit")).to_have_text("closed")
+    row.locator("a").first.click()
+    playwright_api.expect(page.locator("#deliveries tbody tr .status")).to_have_text("delivered")
+
+    page.click("#disable")
+    playwright_api.expect(page.locator("#status")).to_have_text("disabled")
+    playwright_api.expect(page.locator("#disabled-reason")).to_have_text("disabled by the operator")
+    page.click("#enable")
+    playwright_api.expect(page.locator("#status")).to_have_text("enabled")
+
+    page.click("#rotate")
+    secret = page.inner_text("#secret")
+    assert secret.startswith("whsec_") and secret != made["secret"]
+    playwright_api.expect(page.locator("#secret-warning")).to_contain_text("never again")
+    page.click("text=Back to the endpoint")
+    assert secret not in page.content()
+    assert page.evaluate("typeof window.__pwned") == "undefined"
 
 
 def test_a_job_page_shows_the_job_and_its_deliveries(page: Any, stack: dict[str, Any]) -> None:

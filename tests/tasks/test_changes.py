@@ -36,7 +36,15 @@ def test_create_and_claim_publish_and_count(quiet_redis: redis.Redis) -> None:
     job = NewJob(id="job-1", kind="echo", owner="o", payload={}, max_attempts=3)
     assert create_sync(quiet_redis, KEYS, 60, job, "message", "q-changes-test") is None
     claim_sync(
-        quiet_redis, JOB_CLAIM, KEYS.job("job-1"), "now", 60, channel=KEYS.job_changes("job-1")
+        quiet_redis,
+        JOB_CLAIM,
+        KEYS.job("job-1"),
+        "now",
+        60,
+        KEYS.jobs_by_prefix,
+        "job-1",
+        channel=KEYS.job_changes("job-1"),
+        index=KEYS.jobs_by_time,
     )
     assert _messages(pubsub, 2) == [
         (KEYS.job_changes("job-1"), JobStatus.QUEUED),
@@ -47,4 +55,5 @@ def test_create_and_claim_publish_and_count(quiet_redis: redis.Redis) -> None:
     assert after == (before + 1 if changes.minute() == minute else 1)
     assert 0 < quiet_redis.ttl(counts) <= changes.ACTIVITY_TTL_SECONDS
     pubsub.close()
-    quiet_redis.delete(KEYS.job("job-1"), "q-changes-test")
+    quiet_redis.delete(KEYS.job("job-1"), "q-changes-test", KEYS.jobs_by_time)
+    quiet_redis.delete(KEYS.jobs_by("echo", "queued"), KEYS.jobs_by("echo", "running"))

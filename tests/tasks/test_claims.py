@@ -70,9 +70,11 @@ def test_a_claim_starts_an_attempt_unless_the_record_is_final(
         key = f"claims-test:{machine.__name__}:{status}"
         quiet_redis.delete(key)
         quiet_redis.hset(key, mapping={"status": status, "attempts": 2, "error": "last time"})
-        args = {JOB_CLAIM: ["now", 60], DELIVERY_CLAIM: [], EVENT_CLAIM: ["now", 60]}[script]
+        job = ["now", 60, "claims-test:by:", "an-id"]  # with the index's prefix and the job's id
+        args = {JOB_CLAIM: job, DELIVERY_CLAIM: [], EVENT_CLAIM: ["now", 60]}[script]
         channel = "claims-test:changes" if script is JOB_CLAIM else None
-        fields = claim_sync(quiet_redis, script, key, *args, channel=channel)
+        index = "claims-test:all" if script is JOB_CLAIM else None
+        fields = claim_sync(quiet_redis, script, key, *args, channel=channel, index=index)
         after = quiet_redis.hgetall(key)
         if status in final:
             assert fields is None, status
@@ -118,7 +120,17 @@ def test_the_loop_claim_goes_by_sha_and_loads_a_flushed_script(
     async def on_the_loop() -> object:
         conn = PipelinedRedis(quiet_redis_url, 2.0)
         try:
-            return await claim(conn, JOB_CLAIM, key, "now", 60, channel="claims-test:changes")
+            return await claim(
+                conn,
+                JOB_CLAIM,
+                key,
+                "now",
+                60,
+                "claims-test:by:",
+                "flushed",
+                channel="claims-test:changes",
+                index="claims-test:all",
+            )
         finally:
             await conn.close()
 

@@ -36,7 +36,10 @@ function follow(live) {
   source.addEventListener("open", () => setText(live, "live"));
   source.addEventListener("overview", (message) => {
     setText(live, "live");
-    showOverview(JSON.parse(message.data));
+    const data = JSON.parse(message.data);
+    showOverview(data);
+    // other scripts of the page (overview_chart.js) update from the same stream
+    document.dispatchEvent(new CustomEvent("console:overview", { detail: data }));
   });
   source.addEventListener("unavailable", () => setText(live, "Redis unavailable"));
   source.addEventListener("signed-out", () => {
