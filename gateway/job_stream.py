@@ -114,12 +114,12 @@ async def follow(
         last = await _read(redis, keys, job_id, owner)
         yield last
         while last["status"] not in JOB_FINAL:
-            await pubsub.get_message(ignore_subscribe_messages=True, timeout=idle_seconds)
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=idle_seconds)
             current = await _read(redis, keys, job_id, owner)
             if current != last:
                 last = current
                 yield current
-            else:
+            elif message is None:
                 yield None
     finally:
         # runs when the client went away too (its task cancelled): shielded, or the cancellation
