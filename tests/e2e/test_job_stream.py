@@ -270,3 +270,32 @@ def test_redis_lost_mid_stream_ends_it_with_an_error_event_and_a_new_stream_is_a
         assert time.monotonic() - started < 2.5
     finally:
         procs.stop()
+
+
+def test_an_open_stream_does_not_hold_the_api_on_sigterm(
+    worker_redis_url: str, prefix: str, tmp_path: Path
+) -> None:
+    procs = Processes(tmp_path)
+    port = free_port()
+    api_process = procs.start(["api", "--port", str(port)], process_env(worker_redis_url, prefix))
+    base = f"http://127.0.0.1:{port}"
+    r = redis.Redis.from_url(worker_redis_url)
+    try:
+        wait_for(lambda: api_ready(base), timeout=30)
+        job_id = submit(base, {"delay_seconds": 120})
+        channel = Keys(prefix).job_changes(job_id)
+        url = f"{base}/v1/jobs/{job_id}/stream"
+        with httpx.stream("GET", url, headers=PLAIN, timeout=30) as response:
+            received = events(response)
+            assert next(received)[1]["status"] == "scheduled"
+            api_process.terminate()  # what compose and `gateway dev` send on stop
+            started = time.monotonic()
+            with pytest.raises(httpx.HTTPError):
+                list(received)  # cut off (no `end`: the job is not final): the client reconnects
+        api_process.wait(10)  # uvicorn ends by re-raising the SIGTERM it handled: -15
+        assert time.monotonic() - started < 8  # GRACEFUL_SHUTDOWN_SECONDS, not a SIGKILL
+        assert "Application shutdown complete" in procs.logs(tail=None)  # it shut down cleanly
+        assert r.pubsub_numsub(channel) == [(channel.encode(), 0)]
+    finally:
+        procs.stop()
+        r.close()
