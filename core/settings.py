@@ -198,6 +198,11 @@ class Settings(BaseSettings):
     # sign-in answers 429.
     console_session_seconds: int = Field(default=8 * 3600, ge=60, le=7 * 24 * 3600)
     console_signin_failures_per_minute: int = Field(default=5, ge=1)
+    # GET /v1/jobs/{id}/stream and the console's job page (gateway/job_stream.py): streams open at
+    # once per API process (503 with Retry-After beyond; each holds one Redis connection of a pool
+    # of their own, never the ingest path's), and the seconds between keep-alive comments.
+    stream_max_clients: int = Field(default=200, ge=1)
+    stream_heartbeat_seconds: float = Field(default=15.0, gt=0)
 
     @field_validator(
         "api_keys",

@@ -19,6 +19,8 @@ from tasks.queues import QUEUES, THREADS_SWITCH_INTERVAL, WORKER_PROFILES
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # Beat ticks at least every 5 s (tasks/beat.py MAX_TICK_SECONDS); six missed ticks is stuck.
 BEAT_STALE_SECONDS = 30.0
+# below compose's 10 s stop grace and `gateway dev`'s 15 s, so streams end cleanly, not killed
+GRACEFUL_SHUTDOWN_SECONDS = 5
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,6 +105,11 @@ def _serve(host: str, port: int, workers: int) -> None:
         http=LimitedHttpToolsProtocol,  # uvicorn's httptools protocol, with a header limit
         access_log=False,
         proxy_headers=False,
+        # On SIGTERM uvicorn waits for open responses, and an event stream (GET
+        # /v1/jobs/{id}/stream, the console's) lasts until its job is final: without a bound one
+        # waiting client holds a restart until SIGKILL. After this, open streams are cancelled
+        # (they unsubscribe; clients reconnect to another process) and the process exits.
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
         log_level="info",
         # every uvicorn process logs through core/logs.py: LOG_FORMAT, secrets masked
         log_config=dict_config("INFO"),

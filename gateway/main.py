@@ -15,7 +15,16 @@ from core.sources import load_sources
 from gateway import console, errors, openapi
 from gateway.metrics import HttpMetrics, Metrics
 from gateway.redis_client import open_redis
-from gateway.routes import dead_letters, endpoints, example, files, health, jobs, webhooks
+from gateway.routes import (
+    dead_letters,
+    endpoints,
+    example,
+    files,
+    health,
+    job_stream,
+    jobs,
+    webhooks,
+)
 from gateway.webhooks.verifiers import inbound_sources
 from tasks.dead_letters import DeadLetters
 from tasks.endpoint_store import EndpointStore
@@ -88,6 +97,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         dead_letters.router,
         webhooks.events_router,
         endpoints.router,
+        job_stream.router,
     ):
         app.router.routes.extend(router.routes)
     app.state.metrics = None

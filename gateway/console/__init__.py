@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from gateway.console import dead_letters, endpoints, events, jobs, pages
+from gateway.console import dead_letters, endpoints, events, job_live, jobs, pages
 
 
 def install(app: FastAPI) -> None:
@@ -35,5 +35,7 @@ def install(app: FastAPI) -> None:
     # before pages: /console/jobs and /console/jobs/stream, not pages' /console/jobs/{job_id}
     app.router.routes.extend(jobs.router.routes)
     app.router.routes.extend(events.router.routes)
+    # the job page's live stream, /console/jobs/{id}/stream (job_live.py)
+    app.router.routes.extend(job_live.router.routes)
     # pages last: it ends with the catch-all that answers unknown /console paths
     app.router.routes.extend(pages.router.routes)

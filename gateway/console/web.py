@@ -42,6 +42,7 @@ STATIC: dict[str, tuple[bytes, str]] = {
         ("overview_chart.js", "text/javascript; charset=utf-8"),
         ("console.css", "text/css; charset=utf-8"),
         ("jobs.js", "text/javascript; charset=utf-8"),
+        ("job.js", "text/javascript; charset=utf-8"),
     )
 }
 # cache-busting query: a new release's files are fetched again, an unchanged one comes from cache

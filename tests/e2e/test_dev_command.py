@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -45,6 +46,21 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
+def assert_streams_unbuffered(base: str, auth: dict[str, str]) -> None:
+    """A job's stream through the dev server: its first event comes at once, long before the job
+    ends (nothing on the way buffers it), and the last says it succeeded."""
+    body = {"message": "dev", "sleep_ms": 2000}
+    job_id = httpx.post(f"{base}/v1/jobs/echo", json=body, headers=auth, timeout=5).json()["id"]
+    arrived: list[tuple[float, str]] = []
+    with httpx.stream("GET", f"{base}/v1/jobs/{job_id}/stream", headers=auth, timeout=30) as sse:
+        assert sse.status_code == 200
+        arrived.extend((time.monotonic(), line) for line in sse.iter_lines() if line)
+    first_job = next(at for at, line in arrived if line == "event: job")
+    assert arrived[-2][1] == "event: end", arrived
+    assert arrived[-1][1] == 'data: {"status":"succeeded"}', arrived
+    assert arrived[-1][0] - first_job > 1.0, arrived
+
+
 def test_dev_starts_everything_and_ctrl_c_stops_it_all(tmp_path: Path) -> None:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
@@ -70,6 +86,7 @@ def test_dev_starts_everything_and_ctrl_c_stops_it_all(tmp_path: Path) -> None:
             timeout=60,
         )
         assert done["result"] == 7
+        assert_streams_unbuffered(base, {"Authorization": "Bearer dev-test-key"})
         tree = descendants(dev.pid)
         assert len(tree) >= 9  # redis, api, six workers, beat (and pool processes)
     except AssertionError as exc:

@@ -254,6 +254,15 @@ def test_try_it_runs_as_printed(dev: Dev, tmp_path: Path) -> None:
     assert "API key 'change-me-dev-key' is accepted" in dev.output()
 
 
+@pytest.mark.e2e
+def test_the_stream_example_ends_with_the_final_status(dev: Dev, tmp_path: Path) -> None:
+    (block,) = bash_blocks(section("Wait for a job without polling"))
+    _, (_, stream) = run_block(dev, block, tmp_path)
+    events = [line for line in stream.splitlines() if line.startswith("event: ")]
+    assert events[0] == "event: job" and events[-1] == "event: end", stream
+    assert stream.rstrip().endswith('data: {"status":"succeeded"}'), stream
+
+
 def example(kind: str) -> str:
     """The bash block of the ``kind`` example under "Email, LLM and file jobs"."""
     found = [b for b in bash_blocks(section("Email, LLM and file jobs")) if f"/v1/jobs/{kind}" in b]

@@ -38,6 +38,11 @@ checks.negative_data_rejection.expected-statuses = ["202", "400", "401", "409", 
 [[operations]]
 include-path-regex = "^/v1/endpoints"
 checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "404", "422"]
+
+[[operations]]
+include-path-regex = "/stream$"
+# a job's event stream lasts until the job is final, and no worker runs here: read its first event
+max-stream-events = 1
 """
 
 
