@@ -46,7 +46,7 @@ def test_a_range_replay_runs_that_kind_and_range_once_and_leaves_the_rest_dead(
     for job_id, at in zip(ids, (base + 10, base + 11, base + 12, base + 1, base + 50), strict=True):
         assert r.zadd(keys.dead_letters, {f"job:{job_id}": at}, xx=True, ch=True) == 1
     inside, outside = ids[:3], ids[3:]
-    # another kind in the same range (no worker consumes its queue here)
+    # another kind in the same range (accepted an hour ahead, so no worker claims them)
     emails = [plant(client, r, prefix, "email", EMAIL_BODY, base + 11) for _ in range(2)]
 
     assert sign_in(client, API_KEY)[0] == 303

@@ -20,8 +20,12 @@ BASE = float(int(time.time() - 10 * DAY))  # every planted letter died at BASE +
 
 
 def plant(client: TestClient, r: redis.Redis, prefix: str, kind: str, body: dict, at: float) -> str:
-    """A job accepted through the API, then dead-lettered as a worker does, dying at ``at``."""
-    answer = client.post(f"/v1/jobs/{kind}", json=body, headers=AUTH)
+    """A job accepted through the API, then dead-lettered as a worker does, dying at ``at``.
+
+    Accepted for an hour from now: a worker on the session's stack never claims it before it is
+    marked failed (a job queued now could be claimed first and then end succeeded).
+    """
+    answer = client.post(f"/v1/jobs/{kind}", json={**body, "delay_seconds": 3600}, headers=AUTH)
     assert answer.status_code == 202, answer.text
     job_id = str(answer.json()["id"])
     keys = Keys(prefix)
