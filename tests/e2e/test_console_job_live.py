@@ -82,3 +82,31 @@ def test_a_waiting_jobs_page_reaches_succeeded_without_a_reload(page: Any, api: 
     assert page.locator("#result b").count() == 0
     assert page.inner_text("#finished-at")
     assert page.evaluate("window.__samePage") is True
+    # the parts an attempt's end changes came in too, as the server renders them
+    outcomes = page.locator("#attempt-timeline .attempt-outcome")
+    expect(outcomes).to_have_text(["succeeded"])
+    expect(page.locator("#no-attempts")).to_have_count(0)
+    assert page.evaluate("window.__samePage") is True
+
+
+def test_a_dying_jobs_timeline_and_replay_button_arrive_without_a_reload(
+    page: Any, api: str
+) -> None:
+    body = {"message": "<i>nope</i>", "fail_attempts": 9, "delay_seconds": 1}
+    answer = httpx.post(f"{api}/v1/jobs/echo", json=body, headers=PLAIN, timeout=10)
+    assert answer.status_code == 202, answer.text
+    job_id = answer.json()["id"]
+
+    page.goto(f"/console/jobs/{job_id}")
+    expect = playwright_api.expect
+    expect(page.locator("#no-attempts")).to_be_visible()
+    expect(page.locator("#job-actions button")).to_have_count(0)
+    page.evaluate("window.__samePage = true")
+
+    outcomes = page.locator("#attempt-timeline .attempt-outcome")
+    expect(outcomes.first).to_have_text("retrying")  # the first attempt's end, as it happens
+    expect(page.locator("#status")).to_have_text("dead", timeout=60_000)
+    expect(outcomes).to_have_text(["retrying", "retrying", "dead"])
+    expect(page.locator("#job-actions button")).to_have_text("Replay")
+    assert page.locator("#attempt-timeline i").count() == 0  # errors stay text
+    assert page.evaluate("window.__samePage") is True

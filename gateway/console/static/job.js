@@ -42,12 +42,42 @@ function showJob(job) {
   showPart("result", job.result);
 }
 
+// The parts an attempt's end changes (the timeline, the callback deliveries, the Replay button)
+// are the server's own rendering: fetched again from this page's URL and swapped in as parsed
+// nodes. DOMParser runs no script, and what it parses is the server's autoescaped HTML, as on a
+// reload; the CSP still applies to anything inserted.
+const RENDERED_PARTS = ["timeline", "job-actions", "job-deliveries"];
+let renderedFor = "";
+let refreshing = Promise.resolve();
+
+function refreshRendered(job) {
+  const marker = `${job.status}/${job.attempts}`;
+  if (marker === renderedFor) return;
+  renderedFor = marker;
+  refreshing = refreshing
+    .then(() => fetch(window.location.href, { credentials: "same-origin" }))
+    .then((answer) => (answer.ok ? answer.text() : null))
+    .then((html) => {
+      if (html === null) return;
+      const fresh = new DOMParser().parseFromString(html, "text/html");
+      for (const id of RENDERED_PARTS) {
+        const now = document.getElementById(id);
+        const next = fresh.getElementById(id);
+        if (now && next) now.replaceWith(document.importNode(next, true));
+      }
+    })
+    .catch(() => {}); // the next change (or a reload) tries again
+}
+
 function followJob(live) {
   const source = new EventSource(live.dataset.stream);
+  renderedFor = `${live.dataset.status}/${live.dataset.attempts}`;
   source.addEventListener("open", () => setJobText("job-live", "live"));
   source.addEventListener("job", (message) => {
     setJobText("job-live", "live");
-    showJob(JSON.parse(message.data));
+    const job = JSON.parse(message.data);
+    showJob(job);
+    refreshRendered(job);
   });
   // final: the server closes the stream; close ours too, or EventSource would reconnect
   source.addEventListener("end", () => {
