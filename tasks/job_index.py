@@ -5,16 +5,18 @@ Two kinds of sorted set, every score the job's creation time in epoch millisecon
 - ``Keys.jobs_by_time``: every job. Added by the create script, never moved.
 - ``Keys.jobs_by(kind, status)``: the jobs of one kind now in one status. The create script adds
   the job; every status change (claim, retry, finish, dead-letter replay) moves it in the same
-  script or transaction as the status itself (ZREM from the set of the status the record holds,
-  ZADD to the new one with the score from ``jobs_by_time``), so a job is always in exactly the
-  set its record names, and no write costs an extra round trip.
+  script or transaction as the status itself, so no write costs an extra round trip. The claim
+  and the replay scripts move by what the record holds (ZREM from the set of its status, ZADD to
+  the new one with the score from ``jobs_by_time``); an attempt's end (``ended``), written by the
+  worker holding the claim, moves from running's set with plain commands, the score computed
+  from the record's created_at (no Lua there: the worker knows both).
 
-Why this shape: the create script, the hot path, pays two ZADDs (O(log N)); a move pays a ZSCORE, a
-ZREM and a ZADD. A filter by kind and status reads one set; by kind alone, that kind's seven sets;
-by status alone, one set per kind; unfiltered, the one big set. Reads merge at most a few sets of
-``limit + 1`` entries each, in one MULTI (one consistent view), whatever the number of records:
-ZREVRANGEBYSCORE with LIMIT is O(log N + limit). Per-kind and per-status sets alone would make
-each move four writes, and a kind+status filter an intersection.
+Why this shape: the create script, the hot path, pays two ZADDs (O(log N)); a move pays a ZREM
+and a ZADD (and the claim's a ZSCORE). A filter by kind and status reads one set; by kind alone,
+that kind's seven sets; by status alone, one set per kind; unfiltered, the one big set. Reads
+merge at most a few sets of ``limit + 1`` entries each, in one MULTI (one consistent view),
+whatever the number of records: ZREVRANGEBYSCORE with LIMIT is O(log N + limit). Per-kind and
+per-status sets alone would make each move four writes, and a kind+status filter an intersection.
 
 Pages are cut by a cursor naming the last job shown (``<score>:<id>``): jobs created meanwhile
 (higher scores) never shift a later page, and ties at one millisecond are ordered by id, as Redis
@@ -67,16 +69,22 @@ end
 """
 
 
-# For a MULTI (tasks/runtime.py): KEYS: the record, the all-jobs set. ARGV: prefix, id, status.
-MOVE = lua_move("KEYS[1]", "KEYS[2]", "ARGV[1]", "ARGV[2]", "ARGV[3]")
+def ended(writes: Commands, keys: Keys, job: dict[str, Any], status: str) -> None:
+    """Add the move of the claimed ``job`` (a decoded record) from running's set to ``status``'s
+    (an attempt's end: retrying or final) to ``writes``.
 
-
-def move(writes: Commands, keys: Keys, job_id: str, status: str) -> None:
-    """Add the move of job ``job_id`` to ``status``'s set to ``writes``, before its HSET.
-
-    EVAL, not EVALSHA: inside MULTI a NOSCRIPT would fail this command alone, silently."""
-    record, index = keys.job(job_id), keys.jobs_by_time
-    writes.items.append(("EVAL", MOVE, 2, record, index, keys.jobs_by_prefix, job_id, status))
+    Plain commands, not the Lua move: the worker holding the claim knows the set the job is in
+    (its claim moved it to running) and its score (its created_at), so Redis reads nothing. Two
+    runs of one job ending at once (a message redelivered while its first worker still ran) may
+    leave it in two sets; listing checks each job's status against its filter, so such an extra
+    entry is skipped, and trimmed with its age.
+    """
+    created = job.get("created_at")
+    if not created:
+        return
+    kind, job_id = str(job["kind"]), str(job["id"])
+    writes.items.append(("ZREM", keys.jobs_by(kind, JobStatus.RUNNING), job_id))
+    writes.zadd(keys.jobs_by(kind, status), {job_id: score_of(str(created))})
 
 
 @dataclass(frozen=True)

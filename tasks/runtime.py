@@ -226,7 +226,7 @@ def _retry(job: dict[str, Any], kind: Kind, delay: float, error: dict[str, str])
     message = job_message(kind.task, job["id"], queue, retries=job["attempts"])
     writes = Commands()
     fields = {"status": JobStatus.RETRYING, "error": error}
-    job_index.move(writes, keys(), job["id"], JobStatus.RETRYING)  # before the status changes
+    job_index.ended(writes, keys(), job, JobStatus.RETRYING)
     writes.hset(keys().job(job["id"]), mapping=encode(fields))
     attempt = job_attempts.entry(job, JobStatus.RETRYING, now_iso(), error)
     job_attempts.append(writes, keys(), job["id"], attempt, get_settings().job_ttl_seconds)
@@ -257,7 +257,7 @@ def _finish(
         fields["progress"] = 100
     key = keys().job(job["id"])
     writes = Commands()
-    job_index.move(writes, keys(), job["id"], status)  # before the status changes
+    job_index.ended(writes, keys(), job, status)
     writes.hset(key, mapping=encode(fields))
     attempt = job_attempts.entry(job, status, fields["finished_at"], error)
     body = job_event(job, status, result, error)

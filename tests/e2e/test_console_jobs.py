@@ -17,6 +17,7 @@ from core.statuses import JobStatus
 from gateway.embedded import EmbeddedRedis, free_port
 from tasks.keys import Keys
 from tests.conftest import API_KEY, AUTH, Processes, api_ready, process_env, wait_for
+from tests.e2e.test_console import shoot
 
 CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = [
@@ -116,6 +117,7 @@ def test_a_submitted_job_appears_and_succeeds_without_a_reload(
     expect(row.locator(".job-attempts")).to_have_text("1")
     assert page.locator("#jobs tbody tr").first.get_attribute("data-job-id") == job_id
     assert page.evaluate("window.__same_page") == 1  # updated in place, not reloaded
+    shoot(page, "console-jobs.png")
 
     # filters, as a person sets them
     page.select_option("#kind", "echo")

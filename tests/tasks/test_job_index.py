@@ -21,7 +21,7 @@ from tasks.job_index import Filters, list_jobs
 from tasks.keys import Keys
 from tasks.paging import InvalidCursor
 from tasks.pipelined import Commands, PipelinedRedis
-from tasks.store import NewJob, create_sync
+from tasks.store import NewJob, create_sync, decode
 
 KINDS = ("echo", "email")
 
@@ -67,7 +67,8 @@ def write(url: str, keys: Keys, job_id: str, status: str) -> None:
     async def run() -> None:
         conn = PipelinedRedis(url, 2.0)
         writes = Commands()
-        job_index.move(writes, keys, job_id, status)
+        job = decode(redis.Redis.from_url(url).hgetall(keys.job(job_id)))  # as claimed
+        job_index.ended(writes, keys, job, status)
         writes.hset(keys.job(job_id), mapping={"status": status})
         await conn.transaction(writes)
         await conn.close()
