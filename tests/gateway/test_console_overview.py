@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import time
+import uuid
 
 import redis
 from fastapi.testclient import TestClient
@@ -38,7 +39,8 @@ def final(client: TestClient, job_id: str, status: str) -> bool:
 
 
 def test_last_hour_reads_sixty_minutes_oldest_first(quiet_redis: redis.Redis, prefix: str) -> None:
-    keys, now = Keys(prefix), time.time()
+    # a prefix of its own: other tests' jobs on this database count in the same minutes
+    keys, now = Keys(f"{prefix}last-hour-{uuid.uuid4().hex[:8]}:"), time.time()
     current = minute(now)
     quiet_redis.hset(keys.activity(current), mapping={"accepted": 5, "dead": 1, "failed": 2})
     quiet_redis.hset(keys.activity(current - 59), mapping={"retried": 3})
