@@ -19,7 +19,7 @@ from fastapi import APIRouter, Form, Request, Response
 
 from core.kinds import KINDS
 from gateway.console.session import CsrfDep, SessionDep
-from gateway.console.web import PREFIX, ConsoleError, ConsoleRoute, render
+from gateway.console.web import PREFIX, ConsoleError, ConsoleRoute, form_time, render
 from tasks import dead_letter_walk as walk
 from tasks.dead_letters import DeadLetters
 from tasks.paging import InvalidCursor
@@ -38,23 +38,10 @@ def _store(request: Request) -> DeadLetters:
     return store
 
 
-def moment(text: str, name: str) -> float | None:
-    """Epoch seconds of a form's time (ISO 8601; no zone given means UTC), None when empty."""
-    if not text.strip():
-        return None
-    try:
-        moment = datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise ConsoleError(400, f"{name} is not a time (2026-01-31T12:00).") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.timestamp()
-
-
 def _filters(kind: str, since: str, until: str) -> tuple[str | None, float, float]:
     if kind and kind not in FILTER_KINDS:
         raise ConsoleError(400, f"No kind {kind}.")
-    low, high = moment(since, "since"), moment(until, "until")
+    low, high = form_time(since, "since"), form_time(until, "until")
     return kind or None, low if low is not None else 0.0, high if high is not None else math.inf
 
 

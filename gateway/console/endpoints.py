@@ -18,9 +18,8 @@ from fastapi.responses import RedirectResponse
 
 from core.settings import Settings
 from core.statuses import EndpointStatus
-from gateway.console.dead_letters import moment
 from gateway.console.session import CsrfDep, SessionDep
-from gateway.console.web import PREFIX, ConsoleError, ConsoleRoute, render
+from gateway.console.web import PREFIX, ConsoleError, ConsoleRoute, form_time, render
 from tasks.endpoint_store import EndpointStore
 from tasks.paging import InvalidCursor
 
@@ -134,7 +133,7 @@ async def recover(
     endpoint_id: str, request: Request, _: CsrfDep, since: Annotated[str, Form()] = ""
 ) -> Response:
     """Send again every failed or dead delivery to it offered since ``since`` (same ids)."""
-    start = moment(since, "since")
+    start = form_time(since, "since")
     if start is None:
         raise ConsoleError(400, "Give the time to recover from.")
     await _found(request, endpoint_id)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
-from datetime import UTC, datetime
 from typing import Any, cast
 
 import anyio
@@ -28,7 +27,7 @@ from core.kinds import KINDS
 from core.statuses import JobStatus
 from gateway.console import session as sessions
 from gateway.console.session import SessionDep
-from gateway.console.web import PREFIX, ConsoleError, ConsoleRoute, render
+from gateway.console.web import PREFIX, ConsoleError, ConsoleRoute, form_time, render
 from tasks.job_index import SUMMARY_FIELDS, Filters, list_jobs, summary_of
 from tasks.keys import Keys
 from tasks.paging import InvalidCursor
@@ -43,16 +42,9 @@ KEEPALIVE_SECONDS = 15.0
 
 
 def _time_ms(text: str, name: str) -> int | None:
-    """A form's time (datetime-local, read as UTC, or ISO 8601 with a zone) as epoch ms."""
-    if not text.strip():
-        return None
-    try:
-        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError:
-        raise ConsoleError(400, f"{name}: not a time ({text}).") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return round(moment.timestamp() * 1000)
+    """A form's time (web.form_time) as epoch ms, the index's score."""
+    moment = form_time(text, name)
+    return None if moment is None else round(moment * 1000)
 
 
 def _filters(kind: str, status: str, since: str, until: str) -> Filters:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime
 from importlib.resources import files
 from typing import Any
 
@@ -64,6 +65,20 @@ class ConsoleError(Exception):
 def pretty(value: Any) -> str:
     """A JSON value as indented text; autoescape escapes it like any other string."""
     return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True, default=str)
+
+
+def form_time(text: str, name: str) -> float | None:
+    """Epoch seconds of a form's time (ISO 8601, as a datetime-local input sends it; no zone
+    given means UTC), None when empty; a 400 page naming field ``name`` otherwise."""
+    if not text.strip():
+        return None
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ConsoleError(400, f"{name} is not a time (2026-01-31T12:00).") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
 
 
 def seconds(value: float | None) -> str:
