@@ -175,7 +175,7 @@ def create_call(
         round(created * 1000),  # = job_index.score_of(created_at): the same millisecond
         job.id,
     ]
-    counts, channel = keys.activity(changes.minute()), keys.job_changes(job.id)
+    counts, channel = keys.activity(changes.minute(created)), keys.job_changes(job.id)
     indexes = [keys.jobs_by_time, keys.jobs_by(job.kind, status)]
     return [keys.job(job.id), queue, keys.schedule, idem_key, counts, channel, *indexes], args
 
